@@ -1,0 +1,19 @@
+"""diffdet: fast, faithful DiffusionDet.
+
+Object detection as a denoising diffusion process from random boxes to object boxes, with custom
+C++/CUDA (RoIAlign, NMS) and Triton (dynamic conv, DDIM + box renewal) kernels under a thin PyTorch
+model. ``diffdet.load(path_or_preset)`` returns a ready detector.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # Heavy submodules load on first use so that `import diffdet` and `diffdet --help` stay fast.
+    if name == "load":
+        from diffdet.checkpoint import load
+
+        return load
+    raise AttributeError(f"module 'diffdet' has no attribute {name!r}")
