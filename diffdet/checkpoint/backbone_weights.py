@@ -1,0 +1,168 @@
+"""ImageNet (or other) initial weights for the ResNet trunk: ``--weights`` of the trainer.
+
+Accepted files:
+- detectron2's torchvision-converted ``.pkl`` (``detectron2://ImageNetPretrained/torchvision/R-50.pkl``,
+  the reference's initialisation): ``{"model": {name: ndarray}, "__author__": ...}`` with detectron2
+  names (``stem.conv1.weight``, ``res2.0.conv1.norm.running_mean``), read by a restricted unpickler;
+- a torchvision ResNet state_dict ``.pth`` (``conv1.weight``, ``layer1.0.bn1.weight``...), renamed;
+- any torch checkpoint whose (``model``) state_dict holds the trunk under ``backbone.bottom_up.``
+  (a reference or diffdet checkpoint) or under detectron2 names.
+
+Caffe2/MSRA-named ``.pkl`` files (``res2_0_branch2a_w``) are refused: they expect BGR input and the
+stride in the 1×1 conv, unlike the reference's RGB, torchvision-style model.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from diffdet.checkpoint.safe_io import load_pickle, torch_load
+from diffdet.modeling.backbone import FPN, ResNet
+
+_PREFIXES = ("module.", "backbone.bottom_up.")
+
+
+@dataclass
+class BackboneWeightsReport:
+    """What :func:`load_backbone_weights` did, by ResNet state_dict key.
+
+    Attributes:
+        loaded: keys copied from the file.
+        missing: ResNet keys the file did not provide (left as they were).
+        ignored: file keys with no ResNet counterpart (classifier ``fc``, ``num_batches_tracked``...).
+    """
+
+    loaded: list[str]
+    missing: list[str]
+    ignored: list[str]
+
+    def __str__(self) -> str:
+        return (
+            f"loaded {len(self.loaded)} backbone tensors; {len(self.missing)} missing {self.missing[:10]}; "
+            f"{len(self.ignored)} ignored {self.ignored[:10]}"
+        )
+
+
+def torchvision_to_detectron2_name(name: str) -> str:
+    """Rename a torchvision ResNet key to detectron2's (as detectron2's convert-torchvision-to-d2.py).
+
+    ``conv1``/``bn1`` -> ``stem.conv1``/``stem.conv1.norm``; ``layer{k}`` -> ``res{k+1}``;
+    ``bn{i}`` -> ``conv{i}.norm``; ``downsample.0`` -> ``shortcut``; ``downsample.1`` -> ``shortcut.norm``.
+    """
+    if not name.startswith("layer"):
+        name = "stem." + name
+    name = re.sub(r"layer(\d)", lambda m: f"res{int(m.group(1)) + 1}", name)
+    name = re.sub(r"bn(\d)", r"conv\1.norm", name)
+    return name.replace("downsample.0", "shortcut").replace("downsample.1", "shortcut.norm")
+
+
+def read_backbone_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a backbone weights file into a dict with detectron2 ResNet names.
+
+    Args:
+        path: ``.pkl`` (detectron2 pickle of numpy arrays) or a torch file (see the module docstring).
+
+    Returns:
+        dict name -> CPU tensor, names as in :class:`~diffdet.modeling.backbone.ResNet`'s state_dict.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        pickle.UnpicklingError: the file holds anything but tensors, numpy arrays and containers.
+        ValueError: the file has Caffe2/MSRA names or no recognisable weights.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone weights {path} do not exist")
+    obj: Any = load_pickle(path) if path.suffix == ".pkl" else torch_load(path)
+    if isinstance(obj, Mapping) and "blobs" in obj:
+        obj = obj["blobs"]
+    elif isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
+        obj = obj["model"]
+    elif isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{path}: expected a dict of weights, got {type(obj).__name__}")
+    if "conv1_w" in obj or any(re.match(r"res\d_\d+_branch", str(k)) for k in obj):
+        raise ValueError(
+            f"{path} has Caffe2/MSRA names (BGR input, stride in the 1x1 conv); diffdet follows the "
+            "reference and uses the torchvision-converted weights: detectron2://ImageNetPretrained/torchvision/R-50.pkl"
+        )
+    weights = {}
+    for key, value in obj.items():
+        name = str(key)
+        for prefix in _PREFIXES:
+            name = name.removeprefix(prefix)
+        if name.startswith(("conv1.", "bn1.", "layer", "fc.")):
+            name = torchvision_to_detectron2_name(name)
+        if isinstance(value, np.ndarray):
+            value = torch.from_numpy(np.array(value))
+        if isinstance(value, torch.Tensor):
+            weights[name] = value
+    if not weights:
+        raise ValueError(f"{path}: no tensors or arrays found")
+    return weights
+
+
+def _find_resnet(target: nn.Module) -> ResNet:
+    if isinstance(target, ResNet):
+        return target
+    if isinstance(target, FPN):
+        return target.bottom_up
+    backbone = getattr(target, "backbone", None)
+    if isinstance(backbone, nn.Module):
+        return _find_resnet(backbone)
+    raise ValueError(
+        f"target must be a ResNet, an FPN or a model with a .backbone, got {type(target).__name__}"
+    )
+
+
+@torch.no_grad()
+def load_backbone_weights(target: nn.Module, path: str | os.PathLike) -> BackboneWeightsReport:
+    """Copy a weights file into the ResNet trunk of ``target``, matching by name.
+
+    Keys the file lacks stay as initialised; file keys the trunk lacks are ignored; both are reported.
+    Shapes must agree for every key the two share.
+
+    Args:
+        target: a ResNet, an FPN, or a detector whose ``backbone`` is an FPN.
+        path: weights file, see :func:`read_backbone_weights`.
+
+    Returns:
+        The :class:`BackboneWeightsReport`.
+
+    Raises:
+        ValueError: a shared key has a different shape, or no key matches (wrong file or model).
+        FileNotFoundError, pickle.UnpicklingError: see :func:`read_backbone_weights`.
+    """
+    resnet = _find_resnet(target)
+    weights = read_backbone_weights(path)
+    own = resnet.state_dict()
+    shared = [k for k in weights if k in own]
+    wrong = [
+        f"{k}: file {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in shared
+        if weights[k].shape != own[k].shape
+    ]
+    if wrong:
+        raise ValueError(f"{path}: {len(wrong)} shape mismatches with the backbone: {wrong[:10]}")
+    if not shared:
+        raise ValueError(
+            f"{path}: no key matches the backbone "
+            f"(file keys {sorted(weights)[:5]}, model keys {sorted(own)[:5]})"
+        )
+    for k in shared:
+        own[k].copy_(weights[k])
+    return BackboneWeightsReport(
+        loaded=shared,
+        missing=[k for k in own if k not in weights],
+        ignored=[k for k in weights if k not in own],
+    )

@@ -1,0 +1,202 @@
+"""Reading checkpoints without executing code from them, and writing them atomically.
+
+- :func:`torch_load`: ``torch.load(weights_only=True)`` with numpy arrays, scalars and dtypes
+  allowlisted (detectron2 checkpoints may hold numpy values outside the weights).
+- :func:`load_pickle`: detectron2's ``.pkl`` backbones are plain pickles of numpy arrays; a
+  restricted unpickler admits numpy's array/scalar reconstruction and plain containers, nothing else.
+- :func:`atomic_save`: ``torch.save`` to a temporary file in the target directory, flush, fsync,
+  ``os.replace``; a crash leaves either the old file or the new one, never a torn file.
+"""
+
+from __future__ import annotations
+
+import builtins
+import codecs
+import os
+import pickle
+import tempfile
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+try:  # numpy >= 2
+    from numpy._core import multiarray as _multiarray
+    from numpy._core import numeric as _numeric
+except ImportError:  # numpy 1.x
+    from numpy.core import multiarray as _multiarray
+    from numpy.core import numeric as _numeric
+
+# Pickles name numpy's internals by the module of the numpy that wrote them: numpy.core (1.x) or
+# numpy._core (2.x). Both spellings resolve to the installed numpy's functions.
+_NUMPY_GLOBALS: dict[tuple[str, str], Any] = {
+    (f"{package}.{module}", name): obj
+    for package in ("numpy.core", "numpy._core")
+    for module, name, obj in (
+        ("multiarray", "_reconstruct", _multiarray._reconstruct),
+        ("multiarray", "scalar", _multiarray.scalar),
+        ("numeric", "_frombuffer", _numeric._frombuffer),
+    )
+}
+_NUMPY_GLOBALS[("numpy", "ndarray")] = np.ndarray
+_NUMPY_GLOBALS[("numpy", "dtype")] = np.dtype
+# numpy >= 1.25 pickles a dtype's class (numpy.dtypes.Float32DType) as well; object dtype excluded.
+_NUMPY_DTYPE_CLASSES = [
+    t
+    for t in vars(getattr(np, "dtypes", object)).values()
+    if isinstance(t, type) and issubclass(t, np.dtype) and t.__name__ != "ObjectDType"
+]
+for _cls in _NUMPY_DTYPE_CLASSES:
+    _NUMPY_GLOBALS[("numpy.dtypes", _cls.__name__)] = _cls
+
+_PLAIN_GLOBALS: dict[tuple[str, str], Any] = {
+    ("collections", "OrderedDict"): OrderedDict,
+    # Protocol-2 pickles written by Python 3 encode bytes as _codecs.encode(str, "latin1").
+    ("_codecs", "encode"): codecs.encode,
+}
+# Containers pickle protocols 2-4 build by calling their type; __builtin__ is Python 2's name.
+for _module in ("builtins", "__builtin__"):
+    for _name in ("dict", "list", "tuple", "set", "frozenset", "bytearray"):
+        _PLAIN_GLOBALS[(_module, _name)] = getattr(builtins, _name)
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that admits numpy arrays, numpy scalars and plain containers only.
+
+    Any other global (a class, ``os.system``, ``builtins.eval``...) raises
+    ``pickle.UnpicklingError`` naming it, before anything is called.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        key = (module, name)
+        if key in _NUMPY_GLOBALS:
+            return _NUMPY_GLOBALS[key]
+        if key in _PLAIN_GLOBALS:
+            return _PLAIN_GLOBALS[key]
+        raise pickle.UnpicklingError(
+            f"refusing to unpickle global {module}.{name}: only numpy arrays and plain containers are allowed"
+        )
+
+
+def load_pickle(path: str | os.PathLike) -> Any:
+    """Read a plain pickle of numpy arrays and containers (detectron2's ImageNet ``.pkl`` backbones).
+
+    Args:
+        path: the ``.pkl`` file.
+
+    Returns:
+        The unpickled object: nested dict/list/tuple of numbers, strings, numpy arrays and scalars.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        pickle.UnpicklingError: the file names any other global, or holds an object-dtype array.
+    """
+    with open(path, "rb") as f:
+        # latin1: Python 2 pickles (detectron2's MSRA files) store array bytes as str.
+        obj = RestrictedUnpickler(f, encoding="latin1").load()
+    _reject_object_arrays(obj, str(path))
+    return obj
+
+
+def _reject_object_arrays(obj: Any, where: str) -> None:
+    if isinstance(obj, np.ndarray) and obj.dtype.hasobject:
+        raise pickle.UnpicklingError(f"{where}: refusing an object-dtype numpy array")
+    if isinstance(obj, dict):
+        for value in obj.values():
+            _reject_object_arrays(value, where)
+    elif isinstance(obj, (list, tuple, set, frozenset)):
+        for value in obj:
+            _reject_object_arrays(value, where)
+
+
+def _torch_safe_globals() -> list:
+    return [(obj, f"{module}.{name}") for (module, name), obj in _NUMPY_GLOBALS.items()]
+
+
+def torch_load(path: str | os.PathLike) -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)``, numpy values admitted.
+
+    Args:
+        path: a file written by ``torch.save`` (detectron2 ``.pth`` or a diffdet checkpoint).
+
+    Returns:
+        The loaded object, tensors on the CPU (memory-mapped, copy-on-write, for zip-format files).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        pickle.UnpicklingError: the file holds objects other than tensors, numpy values and plain
+            containers (nothing of it is executed), or is not a torch file; the message names ``path``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    is_zip = zipfile.is_zipfile(path)
+    with open(path, "rb") as f:
+        if not is_zip and f.read(1) != pickle.PROTO:
+            raise pickle.UnpicklingError(
+                f"{path}: not a torch checkpoint (neither a zip archive nor a pickle)"
+            )
+    try:
+        with torch.serialization.safe_globals(_torch_safe_globals()):
+            # mmap: tensors are read from the file when used, so loading a model holds no second copy.
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+    except pickle.UnpicklingError as e:
+        raise pickle.UnpicklingError(
+            f"{path}: refusing to load; it is not a plain checkpoint of tensors and containers "
+            f"(read with weights_only=True, nothing was executed): {_weights_only_reason(str(e))}"
+        ) from None
+
+
+def _weights_only_reason(message: str) -> str:
+    """The specific part of torch's weights_only error, without its generic advice."""
+    generic = ("Weights only load failed", "Check the documentation", "(1)", "(2)")
+    reasons = []
+    for line in message.splitlines():
+        line = line.strip()
+        if "WeightsUnpickler error:" in line:
+            line = line.partition("WeightsUnpickler error:")[2].strip()
+        if line and not line.startswith(generic):
+            reasons.append(line)
+    return " ".join(reasons) or message
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically: temp file in the same directory, fsync, rename.
+
+    Args:
+        obj: anything ``torch.load(weights_only=True)`` can read back: tensors, numbers, strings,
+            None and dict/list/tuple of them.
+        path: destination; parent directories are created.
+
+    Returns:
+        ``path`` as a Path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Persist the rename itself (POSIX); a no-op where directories cannot be opened (Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,121 @@
+"""Named ResNet+FPN backbones: the reference's R50 and R101, and R18 for quick CPU work."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from diffdet.modeling.backbone.conv import NORMS
+from diffdet.modeling.backbone.fpn import FPN
+from diffdet.modeling.backbone.resnet import BasicBlock, BasicStem, BottleneckBlock, ResNet
+
+TRUNK_NORMS = ("FrozenBN", "GN", "BN")
+"""Norms of the ResNet trunk, whose convolutions have no bias and so always need one."""
+
+
+@dataclass(frozen=True)
+class ResNetSpec:
+    """Depth and widths of one ResNet variant.
+
+    Attributes:
+        blocks: blocks in res2, res3, res4, res5.
+        bottleneck: bottleneck blocks (R50/R101) or basic two-3×3 blocks (R18).
+        res2_out_channels: output channels of res2; each later stage doubles it.
+    """
+
+    blocks: tuple[int, int, int, int]
+    bottleneck: bool
+    res2_out_channels: int
+
+
+RESNETS: dict[str, ResNetSpec] = {
+    # 11.2 M trunk parameters (R50: 23.5 M) and under half its FLOPs: the option for CPU training and tests.
+    "R18": ResNetSpec(blocks=(2, 2, 2, 2), bottleneck=False, res2_out_channels=64),
+    "R50": ResNetSpec(blocks=(3, 4, 6, 3), bottleneck=True, res2_out_channels=256),
+    "R101": ResNetSpec(blocks=(3, 4, 23, 3), bottleneck=True, res2_out_channels=256),
+}
+"""Backbone names accepted by :func:`build_resnet` and :func:`build_backbone`."""
+
+
+def build_resnet(
+    name: str, *, norm: str = "FrozenBN", freeze_at: int = 2, stride_in_1x1: bool = False
+) -> ResNet:
+    """Build the named ResNet trunk in detectron2's layout, returning res2..res5.
+
+    Args:
+        name: a key of :data:`RESNETS` ("R18", "R50", "R101").
+        norm: "FrozenBN" (the reference, for ImageNet or reference weights), "GN" (trainable
+            GroupNorm(32), for training from scratch with ``freeze_at=0``) or "BN".
+        freeze_at: see :class:`~diffdet.modeling.backbone.resnet.ResNet` (2 freezes stem and res2).
+        stride_in_1x1: bottleneck stride in the first 1×1 conv (MSRA weights); False puts it in the
+            3×3 conv as torchvision and the reference do. Ignored by basic blocks.
+
+    Returns:
+        The ResNet, with weights initialised by detectron2's ``c2_msra_fill``.
+
+    Raises:
+        ValueError: if ``name`` or ``norm`` is unknown, or ``freeze_at`` is out of [0, 5].
+    """
+    if name not in RESNETS:
+        raise ValueError(f"name must be one of {tuple(RESNETS)}, got {name!r}")
+    if norm not in TRUNK_NORMS:
+        raise ValueError(f"norm must be one of {TRUNK_NORMS}, got {norm!r}")
+    spec = RESNETS[name]
+    stem = BasicStem(3, 64, norm=norm)
+    in_channels, out_channels, bottleneck_channels = stem.out_channels, spec.res2_out_channels, 64
+    stages = []
+    for k, count in enumerate(spec.blocks):
+        blocks = []
+        for i in range(count):
+            stride = 2 if k > 0 and i == 0 else 1
+            if spec.bottleneck:
+                block = BottleneckBlock(
+                    in_channels,
+                    out_channels,
+                    bottleneck_channels=bottleneck_channels,
+                    stride=stride,
+                    norm=norm,
+                    stride_in_1x1=stride_in_1x1,
+                )
+            else:
+                block = BasicBlock(in_channels, out_channels, stride=stride, norm=norm)
+            blocks.append(block)
+            in_channels = out_channels
+        stages.append(blocks)
+        out_channels, bottleneck_channels = 2 * out_channels, 2 * bottleneck_channels
+    return ResNet(stem, stages, out_features=("res2", "res3", "res4", "res5"), freeze_at=freeze_at)
+
+
+def build_backbone(
+    name: str,
+    *,
+    norm: str = "FrozenBN",
+    freeze_at: int = 2,
+    out_channels: int = 256,
+    fpn_norm: str = "",
+    stride_in_1x1: bool = False,
+) -> FPN:
+    """Build the named ResNet with an FPN on res2..res5: the detector's ``backbone`` (p2..p5).
+
+    The defaults reproduce the reference (``build_resnet_fpn_backbone`` with FrozenBN, FREEZE_AT 2,
+    STRIDE_IN_1X1 False, FPN.OUT_CHANNELS 256, FPN.NORM ""), so a reference checkpoint loads by name.
+
+    Args:
+        name: "R18", "R50" or "R101".
+        norm: trunk norm, see :func:`build_resnet`.
+        freeze_at: see :func:`build_resnet`.
+        out_channels: channels of every pyramid level.
+        fpn_norm: norm of the FPN convs; "" (reference) or e.g. "GN" for training from scratch.
+        stride_in_1x1: see :func:`build_resnet`.
+
+    Returns:
+        The FPN, whose ``bottom_up`` is the ResNet.
+
+    Raises:
+        ValueError: if ``name``, ``norm`` or ``fpn_norm`` is unknown.
+    """
+    if fpn_norm not in NORMS:
+        raise ValueError(f"fpn_norm must be one of {NORMS}, got {fpn_norm!r}")
+    bottom_up = build_resnet(name, norm=norm, freeze_at=freeze_at, stride_in_1x1=stride_in_1x1)
+    return FPN(
+        bottom_up, in_features=("res2", "res3", "res4", "res5"), out_channels=out_channels, norm=fpn_norm
+    )
