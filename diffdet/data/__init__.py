@@ -1,0 +1,27 @@
+"""diffdet.data: COCO-format datasets, the reference's transforms, loaders, and synthetic shapes.
+
+- :mod:`diffdet.data.coco`: :class:`CocoDetection` (pycocotools, contiguous labels, crowd handling,
+  image decoding with EXIF and mode conversion, clear errors for bad images and annotation files).
+- :mod:`diffdet.data.transforms`: flip, ResizeShortestEdge and the crop branch (training).
+- :mod:`diffdet.data.loader`: the resumable training stream, aspect-ratio grouping, DDP sharding.
+- :mod:`diffdet.data.synthetic`: the seeded shapes dataset of the quickstart.
+"""
+
+from __future__ import annotations
+
+from diffdet.data.coco import BadAnnotationError, BadImageError, CocoDetection, load_coco, read_image
+from diffdet.data.loader import TrainBatchSampler, build_test_loader, build_train_loader, collate
+from diffdet.data.transforms import TrainTransform
+
+__all__ = [
+    "BadAnnotationError",
+    "BadImageError",
+    "CocoDetection",
+    "TrainBatchSampler",
+    "TrainTransform",
+    "build_test_loader",
+    "build_train_loader",
+    "collate",
+    "load_coco",
+    "read_image",
+]

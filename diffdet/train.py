@@ -1,0 +1,142 @@
+"""``python -m diffdet.train --config CONFIG [key=value ...] [--resume] [--weights PATH] [--output-dir DIR]``.
+
+Single process, or DDP under ``torchrun --nproc_per_node N -m diffdet.train ...`` (NCCL on GPUs,
+gloo on CPUs). Rank 0 logs, evaluates and writes checkpoints, ``metrics.jsonl`` and the resolved
+``config.yaml`` into the output folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diffdet.config import Config, dump_config, load_config
+from diffdet.data.coco import CocoDetection
+from diffdet.data.transforms import TrainTransform
+from diffdet.engine import distributed as du
+from diffdet.engine.trainer import Trainer
+
+
+def build_datasets(cfg: Config) -> tuple[CocoDetection, CocoDetection | None]:
+    """The training set (with the reference's augmentation) and the evaluation set (original size).
+
+    The evaluation set is None when ``data.val_annotations`` is empty.
+    """
+    d = cfg.data
+    transform = TrainTransform(
+        d.min_size_train, d.max_size_train, d.flip_prob, d.crop, d.crop_resize, d.crop_size
+    )
+    train_set = CocoDetection(d.train_images, d.train_annotations, transform, d.skip_bad, d.max_train_images)
+    val_set = None
+    if d.val_annotations:
+        val_set = CocoDetection(d.val_images, d.val_annotations, None, d.skip_bad, d.max_val_images)
+    return train_set, val_set
+
+
+def with_dataset_classes(cfg: Config, dataset: CocoDetection) -> Config:
+    """``cfg`` with ``model.category_ids`` and ``model.class_names`` taken from the training set.
+
+    Raises:
+        ValueError: ``model.num_classes`` differs from the dataset's number of categories.
+    """
+    if cfg.model.num_classes != len(dataset.category_ids):
+        raise ValueError(
+            f"model.num_classes is {cfg.model.num_classes} but the training set has "
+            f"{len(dataset.category_ids)} categories; set model.num_classes={len(dataset.category_ids)}"
+        )
+    model = dataclasses.replace(
+        cfg.model, category_ids=tuple(dataset.category_ids), class_names=tuple(dataset.class_names)
+    )
+    return dataclasses.replace(cfg, model=model)
+
+
+def run(cfg: Config, resume: bool = False, weights: str | None = None) -> dict[str, float] | None:
+    """Train (or resume) a detector as ``cfg`` says; returns the final COCO metrics on rank 0.
+
+    Args:
+        cfg (Config): the run's configuration.
+        resume (bool): continue from ``last_checkpoint`` in ``train.output_dir`` if there is one.
+        weights (str | None): ImageNet backbone weights to start from (ignored when resuming).
+
+    Returns:
+        dict[str, float] | None: AP, AP50, ... of the last evaluation (None on other ranks or
+        without an evaluation set).
+    """
+    from diffdet.modeling.build import build_detector
+
+    device = du.resolve_device(cfg.train.device)
+    du.init_distributed(device)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True)
+    train_set, val_set = build_datasets(cfg)
+    cfg = with_dataset_classes(cfg, train_set)
+    torch.manual_seed(cfg.train.seed)
+    model = build_detector(cfg.model).to(device)
+    if weights and not resume:
+        from diffdet.checkpoint import load_backbone_weights
+
+        report = load_backbone_weights(model, weights)
+        if du.is_main_process():
+            print(f"backbone weights from {weights}: {report}")
+    # Per-process training randomness (diffusion t and noise; Python's random picks GT subsets).
+    torch.manual_seed(cfg.train.seed + du.get_rank())
+    random.seed(cfg.train.seed + du.get_rank())
+    np.random.seed((cfg.train.seed + du.get_rank()) % 2**32)
+    trainer = Trainer(cfg, model, train_set, device, val_set)
+    if resume and trainer.resume() and du.is_main_process():
+        print(f"resumed from iteration {trainer.iteration} in {cfg.train.output_dir}")
+    if du.is_main_process():
+        trainer.output_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, trainer.output_dir / "config.yaml")
+    return trainer.train()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``python -m diffdet.train`` and ``diffdet train``."""
+    parser.add_argument("--config", help="YAML file or preset name (e.g. coco_r50_500boxes, quickstart)")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the output folder's last checkpoint"
+    )
+    parser.add_argument("--weights", help="ImageNet backbone weights (torchvision .pth or detectron2 .pkl)")
+    parser.add_argument("--output-dir", help="shorthand for train.output_dir=DIR")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. solver.base_lr=1e-4"
+    )
+
+
+def _config_path(name: str | None) -> str | None:
+    """A YAML path as given, or the shipped preset of that name when no such file exists."""
+    if name is None or Path(name).exists() or name.endswith((".yaml", ".yml")):
+        return name
+    from diffdet.configs import preset_path
+
+    return str(preset_path(name))
+
+
+def run_args(args: argparse.Namespace) -> int:
+    """Train from parsed arguments; returns the exit status."""
+    overrides = list(args.overrides)
+    if args.output_dir:
+        overrides.append(f"train.output_dir={args.output_dir}")
+    cfg = load_config(_config_path(args.config), overrides)
+    metrics = run(cfg, resume=args.resume, weights=args.weights)
+    if metrics is not None:
+        print("COCO box AP: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m diffdet.train``; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m diffdet.train", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    return run_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
