@@ -1,0 +1,68 @@
+"""End-to-end detection under pytest-benchmark: the fast path beside the reference backend.
+
+Providers: ``reference`` (``DIFFDET_BACKEND=reference``: the plain-PyTorch ops) and ``diffdet`` (the
+fast ops), both on one fp32 copy of the model with FrozenBN folded, so the ratio is the ops' alone.
+Settings: 1 step at 300 boxes and 4 steps at 500 boxes, batch 1, random R50 weights (speed does not
+depend on the weights), uniform noise images. Each call is
+:func:`diffdet.benchmark.pipeline.staged_detect`, whose per-component milliseconds (backbone+fpn,
+head steps, sampler, NMS) land in the benchmark's ``extra_info``.
+
+Input size: 800x1333 on CUDA; 320x544 on the CPU, where R50 at full size takes seconds per call.
+``DIFFDET_BENCH_E2E_SIZE=HxW`` and ``DIFFDET_BENCH_E2E_BACKBONE`` (R18/R50/R101) override them.
+The full grid, bf16/fp16, CUDA graphs and AP are ``diffdet bench``'s job.
+
+Run: ``python -m pytest benchmarks/bench_e2e.py --benchmark-enable`` (marked slow on the CPU).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from diffdet.benchmark.grid import synthetic_images
+from diffdet.benchmark.pipeline import folded_copy, op_backend, staged_detect
+from diffdet.benchmark.report import device_name
+from diffdet.benchmark.timing import Clock
+from diffdet.modeling.build import build_detector
+from diffdet.modeling.config import ModelConfig
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+_DEFAULT_SIZE = "800x1333" if DEVICE.type == "cuda" else "320x544"
+SIZE = tuple(int(v) for v in os.environ.get("DIFFDET_BENCH_E2E_SIZE", _DEFAULT_SIZE).split("x"))
+BACKBONE = os.environ.get("DIFFDET_BENCH_E2E_BACKBONE", "R50")
+SETTINGS = [(300, 1), (500, 4)]
+ROUNDS = 20 if DEVICE.type == "cuda" else 3
+pytestmark = [] if DEVICE.type == "cuda" else [pytest.mark.slow]  # R50 on a CPU: minutes per case
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, torch.nn.Module]:
+    """The model each provider runs (the same folded fp32 copy, random weights)."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(backbone=BACKBONE, min_size_test=min(SIZE), max_size_test=max(SIZE))
+    model = folded_copy(build_detector(cfg).to(DEVICE), torch.float32)
+    return {"reference": model, "diffdet": model}
+
+
+@pytest.mark.parametrize("provider", ["reference", "diffdet"])
+@pytest.mark.parametrize(("num_boxes", "steps"), SETTINGS, ids=[f"{p}boxes-{s}steps" for p, s in SETTINGS])
+def test_bench_e2e(benchmark, models, provider, num_boxes, steps):
+    images = synthetic_images(1, SIZE, seed=0, device=DEVICE)
+    clock = Clock(DEVICE)
+    backend = "reference" if provider == "reference" else None
+
+    model = models[provider]
+
+    def detect():
+        with op_backend(backend):
+            return staged_detect(model, images, num_boxes=num_boxes, steps=steps, seed=0, clock=clock)
+
+    benchmark.group = f"e2e {BACKBONE} {SIZE[0]}x{SIZE[1]} {num_boxes} boxes {steps} steps"
+    detections, parts = benchmark.pedantic(detect, rounds=ROUNDS, warmup_rounds=1, iterations=1)
+    benchmark.extra_info.update(
+        {"device": device_name(DEVICE), "size": list(SIZE), "backbone": BACKBONE, "components_ms": parts}
+    )
+    assert len(detections) == 1 and detections[0]["boxes"].shape[1] == 4
+    assert parts["total"] >= parts["backbone+fpn"] > 0

@@ -1,0 +1,170 @@
+"""``diffdet bench``: the speed (and optionally accuracy) grid of a config or checkpoint.
+
+Prints the table, writes ``NAME.json`` and ``NAME.png`` (FPS against boxes) under ``--out``, and with
+``--data`` also ``NAME_ap.png`` (AP against FPS, the paper's Figure 3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from diffdet.benchmark.settings import DEFAULT_BOXES, DEFAULT_STEPS, MODES, GridSettings
+from diffdet.detect import USAGE_ERROR, InputError, coco_dataset, load_detector, pick_device, run_eval
+
+if TYPE_CHECKING:  # the parser is built without importing torch (``diffdet --help`` stays fast)
+    import torch
+    from tqdm import tqdm
+
+    from diffdet.modeling.detector import DiffusionDet
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from err
+
+
+def _size(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"(\d+)x(\d+)", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 800x1333, got {text!r}")
+    return int(match[1]), int(match[2])
+
+
+def _advance(bar: tqdm) -> Callable[[str], None]:
+    """A progress callback: each call completes the previous step and names the one starting."""
+    started = False
+
+    def progress(text: str) -> None:
+        nonlocal started
+        bar.update(int(started))
+        started = True
+        bar.set_postfix_str(text)
+
+    return progress
+
+
+def bench_args(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``diffdet bench``."""
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--weights", help="checkpoint file or preset (default: random weights of --config)")
+    src.add_argument("--config", help="YAML config (its model section); default: the R50 COCO model")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. model.backbone=R18"
+    )
+    parser.add_argument(
+        "--boxes", type=_ints, default=list(DEFAULT_BOXES), help="num_boxes grid (default %(default)s)"
+    )
+    parser.add_argument(
+        "--steps", type=_ints, default=list(DEFAULT_STEPS), help="steps grid (default %(default)s)"
+    )
+    parser.add_argument(
+        "--modes", type=lambda s: s.split(","), default=None,
+        help=f"fast modes among {','.join(MODES)} (default: fp32,bf16,graph on CUDA, fp32 on CPU)",
+    )  # fmt: skip
+    parser.add_argument("--no-reference", action="store_true", help="skip the DIFFDET_BACKEND=reference runs")
+    parser.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
+    parser.add_argument(
+        "--size", type=_size, default=(800, 1333), help="input HxW; also the test resize (800x1333)"
+    )
+    parser.add_argument("--warmup", type=int, default=3, help="untimed calls per point (default 3)")
+    parser.add_argument("--iters", type=int, default=10, help="timed calls per point (default 10)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the images and the sampler's noise")
+    parser.add_argument(
+        "--device", default="auto", help="cpu, cuda, cuda:1... (default: cuda when available)"
+    )
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    parser.add_argument("--data", metavar="JSON", help="COCO instances JSON: also measure AP at every point")
+    parser.add_argument("--images", help="image folder of --data (default: COCO layout beside the JSON)")
+    parser.add_argument("--max-images", type=int, default=0, help="AP on the first N images only (0: all)")
+    parser.add_argument("--out", default="benchmarks/results", help="output folder (default %(default)s)")
+    parser.add_argument("--name", default=None, help="file stem of the outputs (default e2e-DEVICE-TIME)")
+
+
+def prepare_model(args: argparse.Namespace, device: torch.device) -> DiffusionDet:
+    """The fp32 detector to benchmark, in eval mode on ``device``, its test resize set to ``--size``.
+
+    Raises:
+        InputError: the weights or config cannot be used.
+    """
+    size = {"min_size_test": min(args.size), "max_size_test": max(args.size)}
+    if args.weights:
+        if args.overrides:
+            raise InputError("KEY=VALUE overrides apply to --config, not to --weights")
+        return load_detector(args.weights, device, **size)
+    from diffdet.config import load_config
+    from diffdet.modeling.build import build_detector
+
+    try:
+        cfg = dataclasses.replace(load_config(args.config, args.overrides).model, **size)
+    except (FileNotFoundError, ValueError) as err:
+        raise InputError(f"--config {args.config}: {err}") from err
+    return build_detector(cfg).to(device).eval()
+
+
+def bench_main(args: argparse.Namespace) -> int:
+    """``diffdet bench``: returns the exit status (2 with a message on unusable arguments)."""
+    import torch
+    from tqdm import tqdm
+
+    from diffdet.benchmark.grid import run_grid
+    from diffdet.benchmark.report import device_name, format_table, git_commit, plot_ap, plot_fps, write_json
+
+    try:
+        device = pick_device(args.device)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        if args.data and not args.weights:
+            raise InputError("--data needs --weights (AP of random weights means nothing)")
+        model = prepare_model(args, device)
+        modes = args.modes or (["fp32", "bf16", "graph"] if device.type == "cuda" else ["fp32"])
+        settings = GridSettings(
+            boxes=args.boxes, steps=args.steps, modes=modes, batch=args.batch, size=args.size,
+            warmup=args.warmup, iters=args.iters, reference=not args.no_reference, seed=args.seed,
+        )  # fmt: skip
+        if args.data:
+            dataset = coco_dataset(args.data, args.images, args.max_images)
+            settings.ap_fn = lambda m, p, s: run_eval(
+                m, dataset, num_boxes=p, steps=s, seed=args.seed, progress=False
+            )
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", device_name(device)).strip("-")
+        name = args.name or f"e2e-{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
+        runs = 1 + len(modes) * bool(args.data)  # progress calls per grid point
+        with tqdm(total=len(settings.boxes) * len(settings.steps) * runs, desc="bench", unit="step") as bar:
+            records = run_grid(model, settings, progress=_advance(bar))
+            bar.update(1)  # the last step
+    except (InputError, ValueError) as err:
+        print(f"diffdet bench: error: {err}", file=sys.stderr)
+        return USAGE_ERROR
+    out = Path(args.out)
+    dev = device_name(device)
+    meta = {
+        "device": dev,
+        "torch": torch.__version__,
+        "commit": git_commit(),
+        "config": args.config,
+        "weights": args.weights,
+        "overrides": args.overrides,
+        "size": list(args.size),
+        "batch": args.batch,
+        "warmup": args.warmup,
+        "iters": args.iters,
+        "modes": modes,
+        "data": args.data,
+        "backbone": model.cfg.backbone,
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    print(format_table(records, dev))
+    written = [write_json(out / f"{name}.json", records, meta), plot_fps(records, out / f"{name}.png", dev)]
+    if args.data:
+        written.append(plot_ap(records, out / f"{name}_ap.png", dev))
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0

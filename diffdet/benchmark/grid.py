@@ -1,0 +1,184 @@
+"""The (num_boxes x steps) grid: FPS of every fast mode beside the reference backend, and optional AP.
+
+At each grid point the reference path (``DIFFDET_BACKEND=reference``: the plain-PyTorch ops, fp32,
+eager) and then every fast mode run back to back, so each fast figure comes with its speed ratio
+measured side by side, and with how far its detections are from the reference's (same images, same
+noise). Every path runs a copy of the model with FrozenBN folded (:func:`folded_copy`); the fp32 mode
+and the reference share one copy, so their ratio is the ops' alone and their detections differ only
+by the ops' rounding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from diffdet.benchmark.pipeline import (
+    check_modes,
+    compare_detections,
+    folded_copy,
+    graph_runner,
+    mode_dtype,
+    op_backend,
+    staged_detect,
+)
+from diffdet.benchmark.settings import PUBLISHED, GridSettings
+from diffdet.benchmark.timing import Clock, percentile, summarize
+from diffdet.modeling.detector import DiffusionDet
+
+
+def synthetic_images(batch: int, size: tuple[int, int], seed: int, device: torch.device) -> list[Tensor]:
+    """``batch`` uniform-noise RGB uint8 images [3, H, W] (speed does not depend on the content)."""
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        torch.randint(0, 256, (3, *size), dtype=torch.uint8, generator=generator).to(device)
+        for _ in range(batch)
+    ]
+
+
+Run = Callable[[], tuple[list[dict[str, Tensor]], dict[str, float]]]
+"""A timed detection: () -> (detections, milliseconds per component with ``total``)."""
+
+
+def _eager(
+    model: DiffusionDet, images: list[Tensor], p: int, s: int, seed: int, clock: Clock, backend: str | None
+) -> Run:
+    def run() -> tuple[list[dict[str, Tensor]], dict[str, float]]:
+        with op_backend(backend):
+            return staged_detect(model, images, num_boxes=p, steps=s, seed=seed, clock=clock)
+
+    return run
+
+
+def _graph(model: DiffusionDet, images: list[Tensor], p: int, s: int, seed: int, clock: Clock) -> Run:
+    with op_backend(None):
+        replay = graph_runner(model, images, num_boxes=p, steps=s, seed=seed)
+
+    def run() -> tuple[list[dict[str, Tensor]], dict[str, float]]:
+        start = clock.mark()
+        with op_backend(None):
+            detections = replay()
+        end = clock.mark()
+        clock.sync()
+        return detections, {"total": clock.elapsed_ms(start, end)}
+
+    return run
+
+
+def _measure(runs: dict[str, Run], warmup: int, iters: int) -> dict[str, tuple[list, dict, dict | None]]:
+    """Warm every run up, then time them in turn, ``iters`` rounds (so a change in the machine's load
+    hits every run alike); per run: (last detections, time summary, median per component or None)."""
+    for run in runs.values():
+        for _ in range(warmup):
+            run()
+    samples: dict[str, list] = {name: [] for name in runs}
+    for _ in range(iters):
+        for name, run in runs.items():
+            samples[name].append(run())
+    out = {}
+    for name, results in samples.items():
+        parts = [p for _, p in results]
+        components = (
+            {k: percentile([p[k] for p in parts], 50.0) for k in parts[0]} if len(parts[0]) > 1 else None
+        )
+        out[name] = (results[-1][0], summarize([p["total"] for p in parts]), components)
+    return out
+
+
+def _record(
+    mode: str, backend: str, p: int, s: int, batch: int, stats: dict, components: dict | None
+) -> dict:
+    return {
+        "mode": mode,
+        "backend": backend,
+        "num_boxes": p,
+        "steps": s,
+        "batch": batch,
+        **stats,
+        "fps": batch * 1e3 / stats["median_ms"],
+        "components_ms": components,
+    }
+
+
+def run_grid(
+    model: DiffusionDet, settings: GridSettings, progress: Callable[[str], None] | None = None
+) -> list[dict]:
+    """Measure every (num_boxes, steps) point in every mode (and the reference backend).
+
+    At each point every run is warmed up, then the runs are timed in turn, ``settings.iters`` rounds.
+
+    Args:
+        model: the detector, fp32, on the device to measure, with its test resize set to
+            ``settings.size`` (see :func:`diffdet.benchmark.cli.prepare_model`); it is not modified.
+        settings: the grid.
+        progress: called with a short description before each grid point and each AP evaluation.
+
+    Returns:
+        One record per (point, mode), reference records first at each point: ``mode``, ``backend``
+        ("fast" | "reference"), ``num_boxes``, ``steps``, ``batch``, ``median_ms``, ``p90_ms``,
+        ``min_ms``, ``mean_ms``, ``iters``, ``fps`` (images/s from the median), ``components_ms``
+        (median per component; None for CUDA-graph modes), and for fast records
+        ``speedup_vs_reference`` and ``vs_reference`` (see
+        :func:`~diffdet.benchmark.pipeline.compare_detections`) when the reference ran, ``ap`` (dict of
+        COCO metrics) when ``settings.ap_fn`` is set (for graph modes measured eagerly on the same
+        model: the graph replays the same computation).
+
+    Raises:
+        ValueError: a mode the device cannot run.
+    """
+    device = model.pixel_mean.device
+    modes = check_modes(settings.modes, device)
+    clock = Clock(device)
+    images = synthetic_images(settings.batch, tuple(settings.size), settings.seed, device)
+    fp32 = folded_copy(model, torch.float32)
+    variants = {
+        m: fp32 if mode_dtype(m) == torch.float32 else folded_copy(model, mode_dtype(m)) for m in modes
+    }
+    records = []
+    for p in settings.boxes:
+        for s in settings.steps:
+            if progress:
+                progress(f"{p} boxes x {s} steps")
+            runs = {}
+            if settings.reference:
+                runs["reference"] = _eager(fp32, images, p, s, settings.seed, clock, "reference")
+            for mode in modes:
+                if mode.startswith("graph"):
+                    runs[mode] = _graph(variants[mode], images, p, s, settings.seed, clock)
+                else:
+                    runs[mode] = _eager(variants[mode], images, p, s, settings.seed, clock, None)
+            measured = _measure(runs, settings.warmup, settings.iters)
+            reference = None
+            if settings.reference:
+                ref_dets, stats, components = measured["reference"]
+                reference = _record("fp32", "reference", p, s, settings.batch, stats, components)
+                records.append(reference)
+            for mode in modes:
+                dets, stats, components = measured[mode]
+                record = _record(mode, "fast", p, s, settings.batch, stats, components)
+                if reference is not None:
+                    record["speedup_vs_reference"] = reference["median_ms"] / record["median_ms"]
+                    record["vs_reference"] = compare_detections(dets, ref_dets)
+                if settings.ap_fn is not None:
+                    if progress:
+                        progress(f"AP {mode} {p} boxes x {s} steps")
+                    record["ap"] = settings.ap_fn(variants[mode], p, s)
+                records.append(record)
+    return records
+
+
+def published_comparison(records: list[dict]) -> dict:
+    """The published figure beside ours at its setting (300 boxes, 1 step), fastest fast mode.
+
+    Returns:
+        ``{"published": PUBLISHED, "ours": the fastest fast record at 300 x 1 or None}``.
+    """
+    ours = [
+        r
+        for r in records
+        if r["backend"] == "fast"
+        and (r["num_boxes"], r["steps"]) == (PUBLISHED["num_boxes"], PUBLISHED["steps"])
+    ]
+    return {"published": PUBLISHED, "ours": max(ours, key=lambda r: r["fps"]) if ours else None}

@@ -1,0 +1,136 @@
+"""The grid's outputs: a terminal table, a JSON results file and the PNG plots."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+from diffdet.benchmark.grid import published_comparison
+from diffdet.benchmark.plot import MARKERS, PALETTE, Series, VLine, line_chart
+
+
+def device_name(device: torch.device) -> str:
+    """The card's name for CUDA devices, else the CPU's (with the threads torch uses)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    return f"CPU {cpu} ({torch.get_num_threads()} threads)"
+
+
+def git_commit() -> str | None:
+    """The source tree's git commit, or None outside a git checkout (or before the first commit)."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=False, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def format_table(records: list[dict], device: str) -> str:
+    """A fixed-width table of the grid, then the published figure beside ours.
+
+    Columns: boxes, steps, mode, backend, median and p90 ms, FPS, speed ratio to the reference, whether
+    the detections match the reference's rank by rank (else the share matched at IoU 0.95; then the
+    max box difference in pixels), AP.
+    """
+    head = f"{'boxes':>6} {'steps':>5} {'mode':<11}{'backend':<10}{'median ms':>10}{'p90 ms':>10}{'FPS':>9}"
+    head += f"{'x ref':>8}  {'same dets (max box diff px)':<28}{'AP':>6}"
+    lines = [f"end-to-end detection on {device}", head, "-" * len(head)]
+    for r in records:
+        ratio = f"{r['speedup_vs_reference']:.2f}" if "speedup_vs_reference" in r else "-"
+        match = "-"
+        if "vs_reference" in r:
+            v = r["vs_reference"]
+            same = "yes" if v["same_count"] and v["same_labels"] else f"NO, {100 * v['matched']:.0f}% matched"
+            match = f"{same} ({v['max_box_diff']:.2g})"
+        ap = f"{100 * r['ap']['AP']:.1f}" if r.get("ap") else "-"
+        lines.append(
+            f"{r['num_boxes']:>6} {r['steps']:>5} {r['mode']:<11}{r['backend']:<10}{r['median_ms']:>10.2f}"
+            f"{r['p90_ms']:>10.2f}{r['fps']:>9.2f}{ratio:>8}  {match:<28}{ap:>6}"
+        )
+    cmp = published_comparison(records)
+    pub = cmp["published"]
+    lines.append("")
+    lines.append(
+        f"published: {pub['fps']:.0f} FPS on one {pub['device']} (batch {pub['batch']}, {pub['backbone']}, "
+        f"{pub['num_boxes']} boxes, {pub['steps']} step)"
+    )
+    if cmp["ours"] is not None:
+        ours = cmp["ours"]
+        lines.append(
+            f"ours:      {ours['fps']:.1f} FPS on {device} (batch {ours['batch']}, {ours['mode']}, "
+            f"{ours['num_boxes']} boxes, {ours['steps']} step)"
+        )
+    else:
+        lines.append(
+            f"ours:      not measured ({pub['num_boxes']} boxes x {pub['steps']} step is not in the grid)"
+        )
+    return "\n".join(lines)
+
+
+def write_json(path: Path, records: list[dict], meta: dict) -> Path:
+    """Write ``{"meta": ..., "published_comparison": ..., "records": [...]}`` to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"meta": meta, "published_comparison": published_comparison(records), "records": records}
+    path.write_text(json.dumps(payload, indent=2))
+    return path
+
+
+def _label(r: dict) -> str:
+    return f"{r['mode']} {r['backend']}" if r["backend"] == "fast" else "fp32 reference"
+
+
+def plot_fps(records: list[dict], path: Path, device: str) -> Path:
+    """FPS against num_boxes (log axis): a colour per mode (and the reference), a marker per steps."""
+    labels = list(dict.fromkeys(_label(r) for r in records))
+    steps = sorted({r["steps"] for r in records})
+    curves: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    for r in records:
+        curves.setdefault((_label(r), r["steps"]), []).append((r["num_boxes"], r["fps"]))
+    series = [
+        Series(
+            f"{label}, {s} step{'s' * (s > 1)}",
+            sorted(points),
+            color=PALETTE[labels.index(label) % len(PALETTE)],
+            marker=MARKERS[steps.index(s) % len(MARKERS)],
+        )
+        for (label, s), points in curves.items()
+    ]
+    title = f"DiffusionDet end-to-end speed, batch {records[0]['batch']}, {device}"
+    return line_chart(series, path, title=title, xlabel="boxes (num_boxes)", ylabel="images / s", log_x=True)
+
+
+def plot_ap(records: list[dict], path: Path, device: str) -> Path:
+    """AP against FPS for the first fast mode: a curve per num_boxes, a point per steps (paper Fig. 3).
+
+    The published 30 FPS (A100) is a dashed vertical line.
+    """
+    with_ap = [r for r in records if r.get("ap") and r["backend"] == "fast"]
+    mode = with_ap[0]["mode"]
+    series = []
+    for p in sorted({r["num_boxes"] for r in with_ap}):
+        points = sorted(
+            (r for r in with_ap if r["num_boxes"] == p and r["mode"] == mode), key=lambda r: r["steps"]
+        )
+        series.append(
+            Series(
+                f"{p} boxes",
+                [(r["fps"], 100 * r["ap"]["AP"]) for r in points],
+                [f"{r['steps']}" for r in points],
+            )
+        )
+    pub = published_comparison(records)["published"]
+    vline = VLine(
+        pub["fps"], f"published {pub['fps']:.0f} FPS ({pub['device']}, {pub['num_boxes']} boxes, 1 step)"
+    )
+    title = f"AP vs speed ({mode}, points labelled by steps), {device}"
+    return line_chart(
+        series, path, title=title, xlabel="images / s", ylabel="box AP", y_from_zero=False, vlines=[vline]
+    )

@@ -1,0 +1,234 @@
+"""The end-to-end benchmark: timing helpers, the staged (timed) detection, the grid, plots, the command
+and the GPU suite's CPU dry run, all at tiny sizes."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffdet.benchmark.grid import run_grid, synthetic_images
+from diffdet.benchmark.pipeline import check_modes, folded_copy, op_backend, staged_detect
+from diffdet.benchmark.plot import Series, VLine, line_chart, nice_ticks
+from diffdet.benchmark.settings import GridSettings
+from diffdet.benchmark.timing import Clock, percentile, summarize, time_calls
+from diffdet.cli import main
+from diffdet.modeling.backbone import has_folded_batchnorm
+from diffdet.modeling.build import build_detector
+from diffdet.modeling.config import ModelConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(
+    backbone="R18", hidden_dim=32, dim_feedforward=64, nheads=2, num_heads=2, dim_dynamic=8,
+    num_proposals=8, min_size_test=64, max_size_test=96,
+)  # fmt: skip
+OVERRIDES = [f"model.{k}={v}" for k, v in TINY.items() if k not in ("min_size_test", "max_size_test")]
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_detector(ModelConfig(**TINY)).eval()
+
+
+def test_percentile_matches_numpy():
+    values = [5.0, 1.0, 4.0, 2.0, 3.0, 10.0]
+    for q in (0, 25, 50, 90, 100):
+        assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+    stats = summarize(values)
+    assert stats["median_ms"] == pytest.approx(3.5) and stats["min_ms"] == 1.0 and stats["iters"] == 6
+    with pytest.raises(ValueError, match="values"):
+        percentile([], 50)
+    with pytest.raises(ValueError, match="q"):
+        percentile([1.0], 101)
+
+
+def test_time_calls_runs_warmup_then_times_each_call():
+    calls = []
+    times = time_calls(lambda: calls.append(1), Clock("cpu"), warmup=2, iters=3)
+    assert len(calls) == 5 and len(times) == 3 and all(t >= 0 for t in times)
+    with pytest.raises(ValueError, match="iters"):
+        time_calls(lambda: None, Clock("cpu"), warmup=0, iters=0)
+
+
+def test_staged_detect_equals_model_call_and_parts_add_up(model):
+    images = synthetic_images(2, (40, 56), seed=1, device=torch.device("cpu"))
+    detections, parts = staged_detect(model, images, num_boxes=6, steps=2, seed=3, clock=Clock("cpu"))
+    expected = model(images, num_boxes=6, steps=2, seed=3)
+    for got, want in zip(detections, expected, strict=True):
+        for key in ("boxes", "scores", "labels"):
+            torch.testing.assert_close(got[key], want[key], rtol=0, atol=0, msg=key)
+    names = ["preprocess", "backbone+fpn", "head step 1", "head step 2", "sampler", "nms+postprocess"]
+    assert list(parts) == [*names, "total"]
+    assert sum(parts[n] for n in names) == pytest.approx(parts["total"], rel=1e-6)
+
+
+def test_op_backend_restores_the_environment(monkeypatch):
+    monkeypatch.setenv("DIFFDET_BACKEND", "compiled")
+    with op_backend("reference"):
+        assert os.environ["DIFFDET_BACKEND"] == "reference"
+    assert os.environ["DIFFDET_BACKEND"] == "compiled"
+    with op_backend(None):
+        assert "DIFFDET_BACKEND" not in os.environ
+    assert os.environ["DIFFDET_BACKEND"] == "compiled"
+
+
+def test_folded_copy_folds_batchnorm_and_casts(model):
+    fast = folded_copy(model, torch.bfloat16)
+    assert fast.head.time_mlp[1].weight.dtype == torch.bfloat16
+    assert fast.alphas_cumprod.dtype == torch.float64  # the schedule stays float64
+    assert has_folded_batchnorm(fast) and not has_folded_batchnorm(model)  # the original is untouched
+    assert model.head.time_mlp[1].weight.dtype == torch.float32
+
+
+def test_graph_modes_need_cuda():
+    with pytest.raises(ValueError, match="CUDA"):
+        check_modes(["graph"], torch.device("cpu"))
+    with pytest.raises(ValueError, match="modes"):
+        check_modes(["int8"], torch.device("cpu"))
+
+
+def test_grid_records_every_point_beside_the_reference(model):
+    settings = GridSettings(boxes=[4], steps=[1, 2], size=(32, 48), warmup=0, iters=1)
+    settings.ap_fn = lambda m, p, s: {"AP": p / 100 + s / 1000}
+    records = run_grid(model, settings)
+    assert [(r["num_boxes"], r["steps"], r["backend"]) for r in records] == [
+        (4, s, b) for s in (1, 2) for b in ("reference", "fast")
+    ]
+    for ref, fast in zip(records[::2], records[1::2], strict=True):
+        assert fast["speedup_vs_reference"] == pytest.approx(ref["median_ms"] / fast["median_ms"])
+        assert fast["fps"] == pytest.approx(1e3 / fast["median_ms"])
+        assert fast["p90_ms"] >= fast["median_ms"] > 0 and fast["iters"] == 1
+        assert fast["ap"]["AP"] == pytest.approx(fast["num_boxes"] / 100 + fast["steps"] / 1000)
+        assert fast["vs_reference"]["same_count"] and fast["vs_reference"]["same_labels"]
+        assert fast["vs_reference"]["max_box_diff"] < 1e-2 and fast["vs_reference"]["matched"] == 1.0
+        assert len([k for k in fast["components_ms"] if k.startswith("head step")]) == fast["steps"]
+
+
+def test_runs_are_timed_in_turn_after_their_warmup():
+    from diffdet.benchmark.grid import _measure
+
+    log = []
+
+    def fake(name, ms):
+        def run():
+            log.append(name)
+            return [name], {"total": ms, "part": ms / 2}
+
+        return run
+
+    out = _measure({"ref": fake("ref", 4.0), "fast": fake("fast", 2.0)}, warmup=1, iters=2)
+    assert log == ["ref", "fast", "ref", "fast", "ref", "fast"]
+    assert out["fast"][0] == ["fast"] and out["fast"][1]["median_ms"] == 2.0
+    assert out["ref"][2] == {"total": 4.0, "part": 2.0}
+
+
+def test_nice_ticks_cover_the_range():
+    ticks = nice_ticks(0.0, 37.0)
+    assert ticks[0] <= 0.0 and ticks[-1] >= 37.0 and 4 <= len(ticks) <= 9
+    steps = {round(b - a, 9) for a, b in itertools.pairwise(ticks)}
+    assert steps == {10.0}
+    assert nice_ticks(3.0, 3.0)[0] < 3.0 < nice_ticks(3.0, 3.0)[-1]
+
+
+def test_line_chart_writes_a_png(tmp_path):
+    series = [Series("a", [(100, 5.0), (300, 3.0)], ["1", "2"]), Series("b", [(100, 2.0)], marker="^")]
+    path = line_chart(series, tmp_path / "sub" / "p.png", title="t", xlabel="x", ylabel="y", log_x=True,
+                      vlines=[VLine(200, "published")])  # fmt: skip
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size == (960, 600)
+        assert len(image.getcolors(1 << 16)) > 10  # more than a blank canvas
+    with pytest.raises(ValueError, match="marker"):
+        line_chart([Series("c", [(1, 1.0)], marker="x")], tmp_path / "q.png", title="", xlabel="", ylabel="")
+    with pytest.raises(ValueError, match="log_x"):
+        line_chart([Series("c", [(0, 1.0)])], tmp_path / "q.png", title="", xlabel="", ylabel="", log_x=True)
+
+
+def test_bench_command_writes_table_json_and_plot(tmp_path):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        status = main(
+            ["bench", *OVERRIDES, "--device", "cpu", "--size", "48x64", "--boxes", "4,300", "--steps", "1",
+             "--warmup", "0", "--iters", "1", "--out", str(tmp_path), "--name", "tiny"]
+        )  # fmt: skip
+    assert status == 0
+    table = out.getvalue()
+    assert "published: 30 FPS on one NVIDIA A100" in table and "ours:" in table
+    payload = json.loads((tmp_path / "tiny.json").read_text())
+    assert payload["meta"]["size"] == [48, 64] and payload["meta"]["backbone"] == "R18"
+    assert len(payload["records"]) == 4
+    assert payload["published_comparison"]["ours"]["num_boxes"] == 300
+    with Image.open(tmp_path / "tiny.png") as image:
+        assert image.format == "PNG"
+
+
+def test_bench_command_rejects_bad_arguments(tmp_path):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(["bench", "--device", "cpu", "--modes", "graph", *OVERRIDES]) == 2
+        assert main(["bench", "--device", "cpu", "--data", "x.json", *OVERRIDES]) == 2
+    assert "CUDA" in err.getvalue() and "--data needs --weights" in err.getvalue()
+
+
+COCO128 = ROOT.parent / "shared" / "data" / "coco128" / "annotations" / "instances_train2017.json"
+
+
+@pytest.mark.skipif(not COCO128.is_file(), reason="coco128 not found beside the repository")
+def test_bench_with_data_measures_ap_and_draws_the_speed_accuracy_plot(tmp_path):
+    from diffdet.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(**TINY)
+    weights = save_checkpoint(tmp_path / "tiny.pth", build_detector(cfg), cfg)
+    with contextlib.redirect_stdout(io.StringIO()):
+        status = main(
+            ["bench", "--weights", str(weights), "--device", "cpu", "--size", "64x96", "--boxes", "4",
+             "--steps", "1,2", "--warmup", "0", "--iters", "1", "--no-reference", "--data", str(COCO128),
+             "--max-images", "1", "--out", str(tmp_path), "--name", "acc"]
+        )  # fmt: skip
+    assert status == 0
+    records = json.loads((tmp_path / "acc.json").read_text())["records"]
+    assert [r["steps"] for r in records] == [1, 2]
+    assert all(set(r["ap"]) >= {"AP", "AP50"} for r in records)
+    with Image.open(tmp_path / "acc_ap.png") as image:
+        assert image.format == "PNG"
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_gpu_suite_dry_run_records_stages(tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable, "DIFFDET_SUITE_STAGES": "env,build,sanitizer,e2e"}
+    result = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_suite.sh"), "--dry-run", str(tmp_path / "suite")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = (tmp_path / "suite" / "summary.txt").read_text()
+    assert "env" in summary and "e2e" in summary and "FAILED" not in summary
+    assert "gpu_tests      skipped (not in DIFFDET_SUITE_STAGES)" in summary
+    assert json.loads((tmp_path / "suite" / "info.json").read_text())["diffdet"]
+    assert json.loads((tmp_path / "suite" / "e2e.json").read_text())["records"]
+    assert (tmp_path / "suite" / "e2e.png").is_file() and (tmp_path / "suite" / "logs" / "e2e.log").is_file()
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_gpu_suite_keeps_going_after_a_failure_and_exits_nonzero(tmp_path):
+    env = {**os.environ, "PYTHON": "false", "DIFFDET_SUITE_STAGES": "env,gpu_tests,kernel_bench,e2e"}
+    result = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_suite.sh"), "--dry-run", str(tmp_path)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    summary = (tmp_path / "summary.txt").read_text()
+    for stage in ("env", "gpu_tests", "kernel_bench", "e2e"):
+        assert f"{stage:<14} FAILED" in summary
