@@ -285,14 +285,30 @@ def _set_override(data: dict, item: str) -> None:
             raise ValueError(f"config key {'.'.join(parts[: i + 1])!r} is not a section; cannot set {key!r}")
 
 
+def resolve_config_path(path: str | Path) -> Path:
+    """``path`` itself, or the shipped preset of that name (``coco_r50_500boxes``, ``quickstart``...).
+
+    Raises:
+        ValueError: ``path`` is no file and names no preset (the message lists the presets).
+    """
+    candidate = Path(path)
+    if candidate.is_file() or candidate.suffix in (".yaml", ".yml"):
+        return candidate
+    from diffdet.configs import preset_path
+
+    return preset_path(str(path))
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """A :class:`Config` from an optional YAML file plus ``key=value`` overrides (applied in order).
+    """A :class:`Config` from an optional YAML file or preset name plus ``key=value`` overrides.
+
+    Overrides apply in order.
 
     Raises:
         FileNotFoundError: the YAML file (or its ``_base_``) does not exist.
         ValueError: an unknown key, a malformed override, or a value of the wrong type.
     """
-    data = _read_yaml(Path(path)) if path is not None else {}
+    data = _read_yaml(resolve_config_path(path)) if path is not None else {}
     for item in overrides or []:
         _set_override(data, item)
     return from_dict(Config, data)

@@ -56,3 +56,9 @@ def test_bad_overrides_give_clear_errors(override, message):
 def test_missing_config_file():
     with pytest.raises(FileNotFoundError, match=r"nope\.yaml"):
         load_config("nope.yaml")
+
+
+def test_preset_names_resolve_to_the_shipped_files():
+    assert load_config("coco_r50_300boxes") == load_config(CONFIGS / "coco_r50_300boxes.yaml")
+    with pytest.raises(ValueError, match=r"unknown preset 'coco_r42'.*coco_r50_500boxes"):
+        load_config("coco_r42")
