@@ -22,6 +22,10 @@ from diffdet.engine.state import checkpoint_name, read_checkpoint
 from diffdet.visualize import draw_detections, save_grid
 
 PICTURE_IMAGES = 8
+# One intra-op thread: on 2 cores with one other busy process (measured 2026-11-25, R18 quickstart
+# model, batch 8) an iteration took 0.98-1.23 s with 1 thread and 2.7-9.1 s with 2, whose threads
+# wait for each other; on a quiet machine 2 threads were only ~18% faster (1.07 vs 1.30 s).
+DEFAULT_THREADS = 1
 PICTURE_SCORE_THRESHOLD = 0.3  # the small model's sigmoid scores stay well below 1
 EXPORT_NAME = "diffdet_quickstart.pth"  # the file of the "quickstart" preset of diffdet.load
 
@@ -35,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--num-val", type=int, default=SyntheticSpec.num_val, help="synthetic validation images"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=DEFAULT_THREADS, help="torch intra-op CPU threads (default 1)"
     )
     parser.add_argument(
         "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. solver.max_iter=500"
@@ -56,11 +63,12 @@ def _export(cfg, train_set: CocoDetection, output_dir: Path) -> torch.nn.Module:
     return model.eval()
 
 
-def _picture(model: torch.nn.Module, val_set: CocoDetection, output_dir: Path) -> Path:
-    """Draw ``model``'s detections on the first validation images."""
+def _picture(cfg, model: torch.nn.Module, val_set: CocoDetection, output_dir: Path) -> Path:
+    """Draw ``model``'s detections (with the evaluation's ``test`` settings) on the first val images."""
+    kwargs = {k: v for k, v in (("num_boxes", cfg.test.num_boxes), ("steps", cfg.test.steps)) if v}
     items = [val_set[i] for i in range(min(PICTURE_IMAGES, len(val_set)))]
     with torch.no_grad():
-        outputs = model([item["image"] for item in items])
+        outputs = model([item["image"] for item in items], **kwargs)
     pictures = [
         draw_detections(item["image"], out, val_set.class_names, PICTURE_SCORE_THRESHOLD)
         for item, out in zip(items, outputs, strict=True)
@@ -74,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     from diffdet.train import run as train
 
     start = time.perf_counter()
+    torch.set_num_threads(args.threads)
     output_dir = Path(args.output_dir)
     print(f"generating the synthetic shapes dataset in {output_dir / 'data'} ...")
     paths = generate(output_dir / "data", SyntheticSpec(num_train=args.num_train, num_val=args.num_val))
@@ -90,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     metrics = train(cfg)
     train_set, val_set = build_datasets(cfg)
     model = _export(cfg, train_set, output_dir)
-    picture = _picture(model, val_set, output_dir)
+    picture = _picture(cfg, model, val_set, output_dir)
     minutes = (time.perf_counter() - start) / 60
     print(
         "COCO box AP on the synthetic val split: "
