@@ -19,17 +19,11 @@ TINY = dict(
 )  # fmt: skip
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny shapes gain nothing from intra-op threads, and on a loaded CI machine they cost 10x.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def model(_one_thread):
+def model(one_thread):
     torch.manual_seed(0)
     m = build_detector(ModelConfig(**TINY)).eval()
     with torch.no_grad():

@@ -23,13 +23,7 @@ from diffdet.modeling.time_embedding import SinusoidalPositionEmbeddings
 TINY = dict(d_model=32, dim_feedforward=64, nhead=2, num_heads=2, dim_dynamic=8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny shapes gain nothing from intra-op threads, and on a loaded CI machine they cost 10x.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_time_embedding_hand_values():

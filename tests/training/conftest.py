@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from diffdet.data.synthetic import SyntheticSpec, generate
 
@@ -25,10 +24,6 @@ def tiny_data(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared CPU the threads' spinning
-    costs seconds per iteration; the kill/resume test also runs its subprocess with one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _single_thread(one_thread):
+    """Every training test runs with one thread (tests/conftest.py); the kill/resume test also runs
+    its subprocess with one thread."""
