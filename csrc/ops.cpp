@@ -11,12 +11,13 @@ TORCH_LIBRARY(diffdet, m) {
       "int sampling_ratio, bool aligned, float canonical_box_size, int canonical_level, int min_level, "
       "bool bin_major) -> Tensor");
   // Gradient of roi_align_multilevel w.r.t. its features. grad: the output's gradient in the layout
-  // that bin_major names, contiguous. Returns L maps [B, C, Hl, Wl] NCHW contiguous, grad's dtype.
+  // that bin_major names, contiguous. Returns L maps [B, C, Hl, Wl] in grad's dtype, channels-last
+  // when channels_last (the layout of the forward's features, so autograd need not copy), else NCHW.
   m.def(
       "_roi_align_multilevel_backward(Tensor grad, Tensor boxes, Tensor batch_idx, SymInt batch_size, "
       "SymInt channels, SymInt[] heights, SymInt[] widths, int output_size, int sampling_ratio, "
-      "bool aligned, float canonical_box_size, int canonical_level, int min_level, bool bin_major) "
-      "-> Tensor[]");
+      "bool aligned, float canonical_box_size, int canonical_level, int min_level, bool bin_major, "
+      "bool channels_last) -> Tensor[]");
   // Class-aware NMS (torchvision's semantics). boxes [K, 4] xyxy, scores [K], idxs [K] int64. Returns
   // the kept indices [N] int64 by decreasing score.
   m.def("batched_nms(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold) -> Tensor");

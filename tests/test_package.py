@@ -115,6 +115,8 @@ def test_forced_reference_backend_is_honoured(monkeypatch):
 
     monkeypatch.setenv("DIFFDET_BACKEND", "reference")
     assert select("batched_nms", torch.device("cpu"), OP_BACKENDS["batched_nms"]) == "reference"
+    monkeypatch.setenv("DIFFDET_BACKEND", "published")  # torchvision's where the published code uses it
+    assert select("batched_nms", torch.device("cpu"), OP_BACKENDS["batched_nms"]) == "published"
     monkeypatch.setenv("DIFFDET_BACKEND", "bogus")
     with pytest.raises(ValueError, match="DIFFDET_BACKEND"):
         select("batched_nms", torch.device("cpu"), OP_BACKENDS["batched_nms"])

@@ -4,9 +4,12 @@
 // sample count) of every sample are computed once (torchvision's PreCalc idea) and reused for every
 // channel. Channels-last maps (channel stride 1) are read with the channel loop innermost, which the
 // compiler vectorises; NCHW maps are converted to channels-last once per call when the taps outnumber
-// the map pixels enough to pay for the copy (kChannelsLastMinTapsPerPixel), else read per channel.
-// Backward: parallel over channels (each thread owns whole channel planes of the gradient, so no two
-// threads write one element and every element sums its terms in box order): deterministic, race-free.
+// the map pixels enough to pay for the copy (kChannelsLastMinTapsPerPixel), else read per channel,
+// prefetching the box's region of the plane kPrefetchChannels ahead.
+// Backward: parallel over channels (each thread owns whole channel planes of the gradient, or on
+// channels-last maps a block of channels of every pixel, so no two threads write one element and every
+// element sums its terms in box order): deterministic, race-free. The gradient takes the layout of the
+// forward's maps; on channels-last maps the channel loop is innermost and vectorised, as in the forward.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -22,10 +25,13 @@ namespace diffdet {
 namespace {
 
 // Convert NCHW maps to channels-last when sampled taps per map pixel reach this. Measured on 2 cores,
-// P2-P5 of an 800x1216 input, C = 256 (2.9 taps/pixel at K = 300, 9.7 at K = 1000): the strided
-// path and copy + channels-last path tie near K = 300; at K = 1000 the copy wins by 1.5x. Callers that
-// pool the same maps several times (6 head stages) should pass channels-last maps: no copy at all.
+// P2-P5 of an 800x1216 input, C = 256: at K = 1000, B = 4 (2.4 taps/pixel) the prefetching strided
+// path took 127-155 ms and copy + channels-last 250 ms; at K = 4000 (9.7 taps/pixel at B = 4) the copy
+// wins. Callers that pool the same maps several times (6 head stages) should pass channels-last maps:
+// no copy at all.
 constexpr double kChannelsLastMinTapsPerPixel = 4.0;
+// Channels ahead whose tap region the strided forward prefetches.
+constexpr int64_t kPrefetchChannels = 2;
 // Least work (channel x tap products) per parallel chunk: a smaller call runs on the calling thread,
 // where waking the pool would cost more than the work.
 constexpr int64_t kMinWorkPerChunk = 1 << 16;
@@ -100,6 +106,46 @@ int box_taps(const box_t* boxes, const int64_t* batch_idx, int64_t k, int64_t ba
   return lvl;
 }
 
+// Rows and columns a box's taps cover on one channel plane (row-contiguous planes only).
+struct TapRegion {
+  int64_t row_begin = 0, row_end = 0, col_begin = 0, col_end = 0;  // half-open; empty: nothing to prefetch
+};
+
+template <typename acc_t>
+TapRegion tap_region(const BoxTaps<acc_t>& taps, int64_t stride_h, int64_t stride_w) {
+  TapRegion r;
+  if (stride_w != 1 || stride_h <= 0) {
+    return r;
+  }
+  bool any = false;
+  for (size_t t = 0; t < taps.offset.size(); ++t) {
+    if (taps.weight[t] == static_cast<acc_t>(0)) {
+      continue;  // samples outside the map tap offset 0 with weight 0
+    }
+    const int64_t row = taps.offset[t] / stride_h, col = taps.offset[t] % stride_h;
+    r.row_begin = any ? std::min(r.row_begin, row) : row;
+    r.row_end = any ? std::max(r.row_end, row + 1) : row + 1;
+    r.col_begin = any ? std::min(r.col_begin, col) : col;
+    r.col_end = any ? std::max(r.col_end, col + 1) : col + 1;
+    any = true;
+  }
+  return r;
+}
+
+// Ask for the cache lines of a region of a later channel's plane: on NCHW maps each channel's taps hit
+// a few lines in each of many rows, which the hardware prefetcher does not foresee.
+template <typename scalar_t>
+void prefetch_region(const scalar_t* plane, const TapRegion& r, int64_t stride_h) {
+  constexpr int64_t kLine = 64 / sizeof(scalar_t);
+  for (int64_t row = r.row_begin; row < r.row_end; ++row) {
+    const scalar_t* p = plane + row * stride_h;
+    for (int64_t col = r.col_begin; col < r.col_end; col += kLine) {
+      __builtin_prefetch(p + col);
+    }
+    __builtin_prefetch(p + r.col_end - 1);
+  }
+}
+
 template <typename scalar_t, typename box_t>
 void forward_impl(const std::vector<at::Tensor>& maps, const at::Tensor& boxes, const at::Tensor& batch_idx,
     const RoiAlignOptions& opt, at::Tensor& out) {
@@ -141,7 +187,11 @@ void forward_impl(const std::vector<at::Tensor>& maps, const at::Tensor& boxes, 
           }
         }
       } else {  // strided channels: one channel at a time, the taps reused across channels
+        const TapRegion region = tap_region(taps, L.stride_h, L.stride_w);
         for (int64_t c = 0; c < channels; ++c) {
+          if (c + kPrefetchChannels < channels) {
+            prefetch_region(base + (c + kPrefetchChannels) * L.stride_c, region, L.stride_h);
+          }
           const scalar_t* plane = base + c * L.stride_c;
           for (int64_t bin = 0; bin < bins; ++bin) {
             acc_t a = 0;
@@ -230,10 +280,51 @@ void backward_impl(const at::Tensor& grad, const at::Tensor& boxes, const at::Te
   });
 }
 
+// Channels per parallel chunk of the channels-last backward: a whole number of AVX-512 float vectors.
+constexpr int64_t kChannelBlock = 16;
+
+// Backward into channels-last gradient maps: grad is bin-major [K, S*S, C] contiguous.
+template <typename scalar_t, typename box_t>
+void backward_channels_last_impl(const at::Tensor& grad, const at::Tensor& boxes, const at::Tensor& batch_idx,
+    const std::vector<at::Tensor>& grad_maps, const RoiAlignOptions& opt) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const auto levels = levels_of<acc_t>(grad_maps);
+  const int64_t num = boxes.size(0), channels = grad_maps[0].size(1), batch = grad_maps[0].size(0);
+  const int64_t bins = opt.output_size * opt.output_size;
+  const box_t* box_ptr = boxes.data_ptr<box_t>();
+  const int64_t* idx_ptr = batch_idx.data_ptr<int64_t>();
+  const scalar_t* grad_ptr = grad.data_ptr<scalar_t>();
+  const int64_t grid = opt.sampling_ratio > 0 ? opt.sampling_ratio : 2;
+  const int64_t blocks = (channels + kChannelBlock - 1) / kChannelBlock;
+  at::parallel_for(0, blocks, grain_for(num * bins * 4 * grid * grid * kChannelBlock), [&](int64_t b0, int64_t b1) {
+    const int64_t c_begin = b0 * kChannelBlock, c_end = std::min(channels, b1 * kChannelBlock);
+    BoxTaps<acc_t> taps;
+    for (int64_t k = 0; k < num; ++k) {
+      const int lvl = box_taps<scalar_t>(box_ptr, idx_ptr, k, batch, levels, opt, false, taps);
+      if (lvl < 0) {
+        continue;
+      }
+      const auto& L = levels[lvl];
+      acc_t* base = L.data + idx_ptr[k] * L.stride_n;
+      const int64_t n = taps.taps_per_bin;
+      for (int64_t bin = 0; bin < bins; ++bin) {
+        const scalar_t* g = grad_ptr + (k * bins + bin) * channels;
+        for (int64_t t = bin * n; t < (bin + 1) * n; ++t) {
+          const acc_t w = taps.weight[t];
+          acc_t* p = base + taps.offset[t];
+          for (int64_t c = c_begin; c < c_end; ++c) {
+            p[c] += w * static_cast<acc_t>(g[c]);
+          }
+        }
+      }
+    }
+  });
+}
+
 std::vector<at::Tensor> roi_align_multilevel_backward_cpu(const at::Tensor& grad, const at::Tensor& boxes,
     const at::Tensor& batch_idx, int64_t batch_size, int64_t channels, at::IntArrayRef heights, at::IntArrayRef widths,
     int64_t output_size, int64_t sampling_ratio, bool aligned, double canonical_box_size, int64_t canonical_level,
-    int64_t min_level, bool bin_major) {
+    int64_t min_level, bool bin_major, bool channels_last) {
   const RoiAlignOptions opt{output_size, sampling_ratio, aligned, canonical_box_size, canonical_level, min_level, bin_major};
   check_roi_options(opt, heights.size());
   check_roi_boxes(boxes, batch_idx);
@@ -244,22 +335,31 @@ std::vector<at::Tensor> roi_align_multilevel_backward_cpu(const at::Tensor& grad
   const auto want = bin_major ? std::vector<int64_t>{num, s * s, channels} : std::vector<int64_t>{num, channels, s, s};
   TORCH_CHECK(grad.sizes() == at::IntArrayRef(want), "grad must be ", at::IntArrayRef(want), ", got ", grad.sizes());
   const auto acc_type = at::toOpMathType(grad.scalar_type());
-  std::vector<at::Tensor> acc_maps;
+  std::vector<at::Tensor> acc_maps;  // [B, C, H, W], or channels-last: [B, H, W, C] seen as [B, C, H, W]
   for (size_t l = 0; l < heights.size(); ++l) {
-    acc_maps.push_back(at::zeros({batch_size, channels, heights[l], widths[l]}, grad.options().dtype(acc_type)));
+    const auto o = grad.options().dtype(acc_type);
+    acc_maps.push_back(channels_last ? at::zeros({batch_size, heights[l], widths[l], channels}, o).permute({0, 3, 1, 2})
+                                     : at::zeros({batch_size, channels, heights[l], widths[l]}, o));
   }
   if (num > 0 && channels > 0) {
-    const at::Tensor grad_c = grad.contiguous(), boxes_c = boxes.contiguous(), idx_c = batch_idx.contiguous();
+    const at::Tensor boxes_c = boxes.contiguous(), idx_c = batch_idx.contiguous();
+    // The channels-last kernel reads one box-bin's channels contiguously: bin-major grad.
+    const at::Tensor grad_c = channels_last && !bin_major
+        ? grad.reshape({num, channels, s * s}).transpose(1, 2).contiguous()
+        : grad.contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_multilevel_backward_cpu", [&] {
-      if (boxes.scalar_type() == at::kFloat) {
-        backward_impl<scalar_t, float>(grad_c, boxes_c, idx_c, acc_maps, opt);
+      const bool double_boxes = boxes.scalar_type() == at::kDouble;
+      if (channels_last) {
+        double_boxes ? backward_channels_last_impl<scalar_t, double>(grad_c, boxes_c, idx_c, acc_maps, opt)
+                     : backward_channels_last_impl<scalar_t, float>(grad_c, boxes_c, idx_c, acc_maps, opt);
       } else {
-        backward_impl<scalar_t, double>(grad_c, boxes_c, idx_c, acc_maps, opt);
+        double_boxes ? backward_impl<scalar_t, double>(grad_c, boxes_c, idx_c, acc_maps, opt)
+                     : backward_impl<scalar_t, float>(grad_c, boxes_c, idx_c, acc_maps, opt);
       }
     });
   }
   std::vector<at::Tensor> out;
-  for (auto& m : acc_maps) {
+  for (auto& m : acc_maps) {  // .to keeps the memory format
     out.push_back(m.scalar_type() == grad.scalar_type() ? m : m.to(grad.scalar_type()));
   }
   return out;

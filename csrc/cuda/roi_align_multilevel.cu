@@ -237,7 +237,7 @@ at::Tensor roi_align_multilevel_cuda(const at::TensorList features, const at::Te
 std::vector<at::Tensor> roi_align_multilevel_backward_cuda(const at::Tensor& grad, const at::Tensor& boxes,
     const at::Tensor& batch_idx, int64_t batch_size, int64_t channels, at::IntArrayRef heights, at::IntArrayRef widths,
     int64_t output_size, int64_t sampling_ratio, bool aligned, double canonical_box_size, int64_t canonical_level,
-    int64_t min_level, bool bin_major) {
+    int64_t min_level, bool bin_major, bool channels_last) {
   const RoiAlignOptions opt{output_size, sampling_ratio, aligned, canonical_box_size, canonical_level, min_level, bin_major};
   check_roi_options(opt, heights.size());
   check_roi_boxes(boxes, batch_idx);
@@ -272,8 +272,10 @@ std::vector<at::Tensor> roi_align_multilevel_backward_cuda(const at::Tensor& gra
     });
   }
   std::vector<at::Tensor> out;
-  for (auto& m : acc_maps) {
-    out.push_back(at::empty(m.sizes(), grad.options()).copy_(m));  // NCHW, grad's dtype: one pass
+  const auto format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  for (auto& m : acc_maps) {  // m is channels-last already: returned as is when its dtype is grad's
+    const bool as_is = channels_last && m.scalar_type() == grad.scalar_type();
+    out.push_back(as_is ? m : at::empty(m.sizes(), grad.options().memory_format(format)).copy_(m));
   }
   return out;
 }

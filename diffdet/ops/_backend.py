@@ -3,13 +3,16 @@
 CUDA tensors use the compiled CUDA kernel or the Triton kernel; CPU tensors use the compiled C++
 kernel. ``DIFFDET_BACKEND`` overrides the choice everywhere: ``reference`` forces the plain-PyTorch
 reference (debugging, parity), ``compiled`` or ``triton`` force that backend (and fail loudly if it
-cannot run). A backend that is not available falls back to the reference with one warning per op
-and device type, never silently and never with a crash.
+cannot run), ``published`` runs what the published DiffusionDet code runs (torchvision's roi_align per
+level as detectron2's ROIPooler, torchvision's batched_nms, the plain-PyTorch reference elsewhere): the
+baseline of speed comparisons with the published code. A backend that is not available falls back
+to the reference with one warning per op and device type, never silently and never with a crash.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 import warnings
 
@@ -17,7 +20,9 @@ import torch
 
 from diffdet import _extension
 
-BACKENDS = ("compiled", "triton", "reference")
+BACKENDS = ("compiled", "triton", "reference", "published")
+PUBLISHED_OPS = ("roi_align_multilevel", "batched_nms")
+"""Ops the published code runs through torchvision; under ``published`` the others run their reference."""
 
 
 @functools.cache
@@ -48,6 +53,10 @@ def forced_backend() -> str | None:
 def _unavailable(op: str, backend: str, device_type: str) -> str | None:
     """None when ``backend`` can run ``op`` on ``device_type``, else the reason it cannot."""
     if backend == "reference":
+        return None
+    if backend == "published":
+        if op in PUBLISHED_OPS and importlib.util.find_spec("torchvision") is None:
+            return "torchvision is not installed"
         return None
     if backend == "compiled":
         if not _extension.is_loaded():
@@ -83,7 +92,8 @@ def select(op: str, device: torch.device, preferred: dict[str, str]) -> str:
             a device type absent from it runs the reference.
 
     Returns:
-        "compiled", "triton" or "reference".
+        "compiled", "triton", "reference" or "published" (only when forced; an op outside
+        :data:`PUBLISHED_OPS` then runs its reference).
 
     Raises:
         RuntimeError: DIFFDET_BACKEND forces a backend that cannot run here.

@@ -80,8 +80,9 @@ def roi_align_multilevel(
     backend = _backend_for(boxes.device.type)
     # The CUDA backward adds with atomics (any order); deterministic mode takes the reference there.
     deterministic = boxes.device.type == "cuda" and torch.are_deterministic_algorithms_enabled()
-    if backend == "reference" or deterministic:
-        return roi_align_multilevel_reference(
+    if backend in ("reference", "published") or deterministic:
+        plain = roi_align_multilevel_published if backend == "published" else roi_align_multilevel_reference
+        return plain(
             features,
             boxes,
             batch_idx,
@@ -177,6 +178,41 @@ def assign_levels_reference(
     level = torch.floor(canonical_level + torch.log2(torch.sqrt(area) / canonical_box_size + 1e-8))
     level = level.clamp(min_level, min_level + num_levels - 1)
     return torch.where(torch.isnan(level), -1, level.nan_to_num() - min_level).to(torch.int64)
+
+
+def roi_align_multilevel_published(
+    features: Sequence[torch.Tensor],
+    boxes: torch.Tensor,
+    batch_idx: torch.Tensor,
+    *,
+    output_size: int = 7,
+    sampling_ratio: int = 2,
+    aligned: bool = True,
+    canonical_box_size: float = 224.0,
+    canonical_level: int = 4,
+    min_level: int = 2,
+    bin_major: bool = False,
+) -> torch.Tensor:
+    """The published code's pooling, for speed comparisons: detectron2's ``ROIPooler`` loop.
+
+    Per level: the boxes of that level (a boolean mask and ``nonzero``, a host sync on CUDA),
+    ``torchvision.ops.roi_align`` on them with the boxes cast to the features' dtype, and an index
+    scatter into the output. Same arguments and result as :func:`roi_align_multilevel`, equal up to
+    float rounding (torchvision sums the four taps of a sample before dividing by the sample count).
+    Needs torchvision.
+    """
+    from torchvision.ops import roi_align
+
+    num, channels, size = boxes.shape[0], features[0].shape[1], output_size
+    levels = assign_levels_reference(boxes, len(features), canonical_box_size, canonical_level, min_level)
+    rois = torch.cat([batch_idx[:, None].to(boxes.dtype), boxes], dim=1)
+    out = features[0].new_zeros((num, channels, size, size))
+    for level, fmap in enumerate(features):
+        inds = torch.nonzero(levels == level).squeeze(1)
+        scale = 2.0 ** -(min_level + level)
+        pooled = roi_align(fmap, rois[inds].to(fmap.dtype), size, scale, sampling_ratio, aligned)
+        out.index_put_((inds,), pooled)
+    return out.flatten(2).transpose(1, 2).contiguous() if bin_major else out
 
 
 def _bilinear_gather(
@@ -312,8 +348,13 @@ def _register() -> None:
         clevel,
         min_level,
         bin_major,
+        channels_last,
     ):
-        return [grad.new_empty((batch, channels, h, w)) for h, w in zip(heights, widths, strict=True)]
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        return [
+            grad.new_empty((batch, channels, h, w)).contiguous(memory_format=fmt)
+            for h, w in zip(heights, widths, strict=True)
+        ]
 
     def setup_context(ctx, inputs, output):
         features, boxes, batch_idx, *options = inputs
@@ -321,11 +362,16 @@ def _register() -> None:
         ctx.shape = (features[0].shape[0], features[0].shape[1])
         ctx.sizes = ([f.shape[2] for f in features], [f.shape[3] for f in features])
         ctx.options = options
+        # The gradient takes the maps' layout, so autograd does not copy it into theirs.
+        first = features[0]
+        ctx.channels_last = (
+            first.is_contiguous(memory_format=torch.channels_last) and not first.is_contiguous()
+        )
 
     def backward(ctx, grad):
         boxes, batch_idx = ctx.saved_tensors
         grads = torch.ops.diffdet._roi_align_multilevel_backward(
-            grad.contiguous(), boxes, batch_idx, *ctx.shape, *ctx.sizes, *ctx.options
+            grad.contiguous(), boxes, batch_idx, *ctx.shape, *ctx.sizes, *ctx.options, ctx.channels_last
         )
         return list(grads), None, None, None, None, None, None, None, None, None
 

@@ -108,6 +108,18 @@ def test_batched_nms_random_matches_torchvision_and_reference(num, classes, thre
     assert torch.equal(keep, batched_nms_reference(boxes, scores, idxs, threshold))
 
 
+@pytest.mark.parametrize("padded", [False, True])
+def test_published_backend_runs_torchvision(monkeypatch, padded):
+    boxes, scores, idxs = make_inputs(200)
+    expected = torchvision.ops.batched_nms(boxes, scores, idxs, 0.5)
+    monkeypatch.setenv("DIFFDET_BACKEND", "published")
+    if padded:
+        keep, count = batched_nms_padded(boxes, scores, idxs, 0.5)
+        assert torch.equal(keep[: int(count)], expected) and (keep[int(count) :] == -1).all()
+    else:
+        assert torch.equal(batched_nms(boxes, scores, idxs, 0.5), expected)
+
+
 @needs_cpu_kernel
 @pytest.mark.parametrize("num", [0, 7, 300])
 def test_batched_nms_padded_equals_batched_nms(num):

@@ -13,6 +13,7 @@ from diffdet.ops.roi_align_multilevel import (
     MAX_ADAPTIVE_GRID,
     assign_levels_reference,
     roi_align_multilevel,
+    roi_align_multilevel_published,
     roi_align_multilevel_reference,
 )
 
@@ -109,23 +110,26 @@ def test_reference_zero_outside_and_constant_inside():
 
 @pytest.mark.parametrize("aligned", [True, False])
 @pytest.mark.parametrize("sampling_ratio", [2, 0])
-def test_reference_matches_torchvision_per_level(aligned, sampling_ratio):
+@pytest.mark.parametrize("bin_major", [False, True])
+def test_reference_matches_the_published_torchvision_loop(aligned, sampling_ratio, bin_major):
+    """The reference against detectron2's ROIPooler loop over torchvision's roi_align."""
     feats = make_features(dtype=torch.float64)
     boxes, batch_idx = make_boxes(60)
     boxes = boxes.double()
-    out = roi_align_multilevel_reference(
-        feats, boxes, batch_idx, sampling_ratio=sampling_ratio, aligned=aligned
-    )
+    kw = dict(sampling_ratio=sampling_ratio, aligned=aligned, bin_major=bin_major)
+    out = roi_align_multilevel_reference(feats, boxes, batch_idx, **kw)
+    expected = roi_align_multilevel_published(feats, boxes, batch_idx, **kw)
     levels = assign_levels_reference(boxes, 4, 224.0, 4, 2)
-    expected = torch.zeros_like(out)
-    rois = torch.cat([batch_idx[:, None].double(), boxes], 1)
-    for level in range(4):
-        sel = levels == level
-        expected[sel] = torchvision.ops.roi_align(
-            feats[level], rois[sel], 7, 2.0 ** -(level + 2), sampling_ratio, aligned
-        )
     assert set(levels.tolist()) >= {-1, 0, 1, 2, 3}, "the boxes must cover every level"
     torch.testing.assert_close(out, expected, msg="reference vs torchvision roi_align")
+
+
+def test_published_backend_runs_the_torchvision_loop(monkeypatch):
+    feats = make_features()
+    boxes, batch_idx = make_boxes(40)
+    monkeypatch.setenv("DIFFDET_BACKEND", "published")
+    out = roi_align_multilevel(feats, boxes, batch_idx, bin_major=True)
+    assert torch.equal(out, roi_align_multilevel_published(feats, boxes, batch_idx, bin_major=True))
 
 
 # ---------------------------------------------------------------- compiled kernels vs the reference
@@ -228,9 +232,11 @@ def test_kernel_is_safe_on_non_finite_boxes():
 @needs_cpu_kernel
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("bin_major", [False, True])
-def test_roi_align_multilevel_gradcheck(seed, bin_major):
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_roi_align_multilevel_gradcheck(seed, bin_major, layout):
     feats = [
-        f.requires_grad_() for f in make_features(1, 2, 12, 10, levels=3, dtype=torch.float64, seed=seed)
+        f.clone(memory_format=layout).requires_grad_()
+        for f in make_features(1, 2, 12, 10, levels=3, dtype=torch.float64, seed=seed)
     ]
     boxes, batch_idx = make_boxes(6, batch=1, image=(12, 10), seed=seed)
 
@@ -245,12 +251,14 @@ def test_roi_align_multilevel_gradcheck(seed, bin_major):
 @needs_cpu_kernel
 @pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
 @pytest.mark.parametrize("bin_major", [False, True])
-def test_roi_align_multilevel_backward_matches_reference(dtype, tol, bin_major):
-    """The kernel's gradient (float32 accumulation, rounded once) against the float32 reference's."""
-    feats = make_features(channels=6)
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_roi_align_multilevel_backward_matches_reference(dtype, tol, bin_major, layout):
+    """The kernel's gradient (float32 accumulation, rounded once) against the float32 reference's,
+    in the maps' layout; 20 channels: channels-last chunks of 16 and a partial one."""
+    feats = make_features(channels=20)
     boxes, batch_idx = make_boxes(120)
-    grad = torch.randn(120, 49, 6) if bin_major else torch.randn(120, 6, 7, 7)
-    maps = [f.to(dtype).requires_grad_() for f in feats]
+    grad = torch.randn(120, 49, 20) if bin_major else torch.randn(120, 20, 7, 7)
+    maps = [f.to(dtype).clone(memory_format=layout).requires_grad_() for f in feats]
     roi_align_multilevel(maps, boxes, batch_idx, bin_major=bin_major).backward(grad.to(dtype))
     ref_maps = [f.to(dtype).float().requires_grad_() for f in feats]
     ref_boxes = boxes.to(dtype).float()  # the op samples at box coordinates rounded to the maps' dtype
@@ -261,22 +269,25 @@ def test_roi_align_multilevel_backward_matches_reference(dtype, tol, bin_major):
     ref.backward(grad.to(dtype).float())
     for level, (got, want) in enumerate(zip(maps, ref_maps, strict=True)):
         assert got.grad.dtype == dtype
+        assert got.grad.is_contiguous(memory_format=layout)
         torch.testing.assert_close(
             got.grad.float(), want.grad, atol=tol, rtol=tol, msg=f"grad[features[{level}]]"
         )
 
 
 @needs_cpu_kernel
-def test_roi_align_multilevel_backward_is_deterministic():
+def test_roi_align_multilevel_backward_is_deterministic_in_both_layouts():
+    """Each gradient element sums its terms in box order whatever the layout: equal bit for bit."""
     feats = make_features(channels=64)
     boxes, batch_idx = make_boxes(300)
     runs = []
-    for _ in range(2):
-        maps = [f.clone().requires_grad_() for f in feats]
+    for layout in (torch.contiguous_format, torch.contiguous_format, torch.channels_last):
+        maps = [f.clone(memory_format=layout).requires_grad_() for f in feats]
         roi_align_multilevel(maps, boxes, batch_idx).sum().backward()
         runs.append([m.grad for m in maps])
-    for a, b in zip(*runs, strict=True):
-        assert torch.equal(a, b)
+    for first, *others in zip(*runs, strict=True):
+        for other in others:
+            assert torch.equal(first, other)
 
 
 @needs_cpu_kernel
