@@ -22,11 +22,11 @@ from diffdet.engine.state import checkpoint_name, read_checkpoint
 from diffdet.visualize import draw_detections, save_grid
 
 PICTURE_IMAGES = 8
-# One intra-op thread: on 2 cores with one other busy process (measured 2026-11-25, R18 quickstart
-# model, batch 8) an iteration took 0.98-1.23 s with 1 thread and 2.7-9.1 s with 2, whose threads
-# wait for each other; on a quiet machine 2 threads were only ~18% faster (1.07 vs 1.30 s).
-DEFAULT_THREADS = 1
-PICTURE_SCORE_THRESHOLD = 0.3  # the small model's sigmoid scores stay well below 1
+# Every core: on a quiet 2-core machine (2026-11-25, quickstart model, batch 8) an iteration took
+# 0.39 s with 2 threads and 0.68 s with 1. Pass --threads 1 when another job shares the cores: then
+# 2 threads wait for each other and can be several times slower.
+DEFAULT_THREADS = 0
+PICTURE_SCORE_THRESHOLD = 0.5  # the trained quickstart model scores its detections 0.6-0.8
 EXPORT_NAME = "diffdet_quickstart.pth"  # the file of the "quickstart" preset of diffdet.load
 
 
@@ -41,25 +41,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--num-val", type=int, default=SyntheticSpec.num_val, help="synthetic validation images"
     )
     parser.add_argument(
-        "--threads", type=int, default=DEFAULT_THREADS, help="torch intra-op CPU threads (default 1)"
+        "--threads",
+        type=int,
+        default=DEFAULT_THREADS,
+        help="torch intra-op CPU threads (default 0: torch's default, one per core)",
     )
     parser.add_argument(
         "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. solver.max_iter=500"
     )
 
 
-def _export(cfg, train_set: CocoDetection, output_dir: Path) -> torch.nn.Module:
+def _export(cfg, output_dir: Path) -> torch.nn.Module:
     """Write the final weights as ``diffdet_quickstart.pth`` (read by ``diffdet.load``); return the model."""
     from diffdet.checkpoint import save_checkpoint
-    from diffdet.modeling.build import build_detector
-    from diffdet.train import with_dataset_classes
+    from diffdet.checkpoint.model_io import model_from_checkpoint
 
-    model_cfg = with_dataset_classes(cfg, train_set).model
-    model = build_detector(model_cfg)
-    model.load_state_dict(
-        read_checkpoint(output_dir / checkpoint_name(cfg.solver.max_iter, final=True))["model"]
-    )
-    save_checkpoint(output_dir / EXPORT_NAME, model, model_cfg)
+    final = read_checkpoint(output_dir / checkpoint_name(cfg.solver.max_iter, final=True))
+    model = model_from_checkpoint(final)
+    save_checkpoint(output_dir / EXPORT_NAME, model, model.cfg)  # the weights without the training state
     return model.eval()
 
 
@@ -82,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
     from diffdet.train import run as train
 
     start = time.perf_counter()
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     output_dir = Path(args.output_dir)
     print(f"generating the synthetic shapes dataset in {output_dir / 'data'} ...")
     paths = generate(output_dir / "data", SyntheticSpec(num_train=args.num_train, num_val=args.num_val))
@@ -97,8 +97,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(config_path, overrides)
     print(f"training on {cfg.train.device} for {cfg.solver.max_iter} iterations ...")
     metrics = train(cfg)
-    train_set, val_set = build_datasets(cfg)
-    model = _export(cfg, train_set, output_dir)
+    _, val_set = build_datasets(cfg)
+    model = _export(cfg, output_dir)
     picture = _picture(cfg, model, val_set, output_dir)
     minutes = (time.perf_counter() - start) / 60
     print(

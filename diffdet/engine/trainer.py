@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from diffdet.checkpoint.model_io import model_payload
 from diffdet.config import Config, to_dict
 from diffdet.data.coco import CocoDetection
 from diffdet.data.loader import build_train_loader
@@ -98,7 +99,7 @@ class Trainer:
         """Everything a resume needs (collective: every process must call it)."""
         rng = du.all_gather_objects(capture_rng())
         return {
-            "model": self.model.state_dict(),
+            **model_payload(self.model, self.cfg.model),  # so diffdet.load reads training checkpoints
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),

@@ -40,7 +40,8 @@ class ModelConfig:
     """Every hyper-parameter of the DiffusionDet model, defaults as the reference R50 COCO model.
 
     Attributes:
-        backbone: ResNet name for :func:`diffdet.modeling.backbone.build_backbone` ("R18", "R50", "R101").
+        backbone: ResNet name for :func:`diffdet.modeling.backbone.build_backbone` ("R18",
+            "R18-half", "R50", "R101").
         backbone_norm: trunk norm ("FrozenBN" in the reference; "GN"/"BN" to train from scratch).
         freeze_at: 2 freezes the stem and res2 (reference); 0 trains everything.
         fpn_norm: FPN conv norm ("" in the reference).

@@ -32,7 +32,8 @@ def _randomize_frozen_bn(module: nn.Module, seed: int = 0) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "channels"), [("R18", (64, 128, 256, 512)), ("R50", (256, 512, 1024, 2048))]
+    ("name", "channels"),
+    [("R18", (64, 128, 256, 512)), ("R18-half", (32, 64, 128, 256)), ("R50", (256, 512, 1024, 2048))],
 )
 def test_resnet_stage_outputs_match_output_shape(name, channels):
     resnet = build_resnet(name).eval()
@@ -53,7 +54,8 @@ def test_resnet_depths_and_counts():
     assert len(r50.state_dict()) == 265
     assert len(r101.state_dict()) == 265 + 17 * 3 * 5
     assert not any("num_batches_tracked" in k for k in r50.state_dict())
-    assert set(RESNETS) == {"R18", "R50", "R101"}
+    assert set(RESNETS) == {"R18", "R18-half", "R50", "R101"}
+    assert build_resnet("R18-half").stem.out_channels == 32
 
 
 def test_bottleneck_stride_placement():

@@ -20,7 +20,7 @@ def test_presets_load(name):
         assert cfg.data.min_size_train == tuple(range(480, 801, 32))
     expected = {"coco_r50_300boxes": 300, "coco_r101": 500, "coco_r50_500boxes": 500, "quickstart": 50}
     assert cfg.model.num_proposals == expected[name]
-    assert cfg.model.backbone == {"coco_r101": "R101", "quickstart": "R18"}.get(name, "R50")
+    assert cfg.model.backbone == {"coco_r101": "R101", "quickstart": "R18-half"}.get(name, "R50")
 
 
 def test_overrides_are_typed_and_round_trip(tmp_path):

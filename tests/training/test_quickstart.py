@@ -44,7 +44,11 @@ def test_quickstart_writes_a_loadable_checkpoint_a_picture_and_the_ap(tmp_path, 
     assert picture.width > 0 and picture.height > 0
     assert (out / "model_final.pth").is_file()
     model = diffdet.load(out / "diffdet_quickstart.pth")
-    assert model.cfg.backbone == "R18" and model.cfg.class_names == CLASSES
+    assert model.cfg.backbone == "R18-half" and model.cfg.class_names == CLASSES
+    trained = diffdet.load(out / "model_final.pth")  # the trainer's checkpoints load as well
+    assert trained.cfg == model.cfg
+    for name, tensor in trained.state_dict().items():
+        assert torch.equal(tensor, model.state_dict()[name]), name
     model.eval()
     with torch.no_grad():
         (detections,) = model([torch.zeros(3, 64, 64, dtype=torch.uint8)])

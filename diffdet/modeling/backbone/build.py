@@ -1,4 +1,4 @@
-"""Named ResNet+FPN backbones: the reference's R50 and R101, and R18 for quick CPU work."""
+"""Named ResNet+FPN backbones: the reference's R50 and R101, and R18 (full or half width) for CPU work."""
 
 from __future__ import annotations
 
@@ -20,16 +20,20 @@ class ResNetSpec:
         blocks: blocks in res2, res3, res4, res5.
         bottleneck: bottleneck blocks (R50/R101) or basic two-3×3 blocks (R18).
         res2_out_channels: output channels of res2; each later stage doubles it.
+        stem_channels: output channels of the stem.
     """
 
     blocks: tuple[int, int, int, int]
     bottleneck: bool
     res2_out_channels: int
+    stem_channels: int = 64
 
 
 RESNETS: dict[str, ResNetSpec] = {
     # 11.2 M trunk parameters (R50: 23.5 M) and under half its FLOPs: the option for CPU training and tests.
     "R18": ResNetSpec(blocks=(2, 2, 2, 2), bottleneck=False, res2_out_channels=64),
+    # R18 at half width: a quarter of its FLOPs, for the CPU quickstart's small images.
+    "R18-half": ResNetSpec(blocks=(2, 2, 2, 2), bottleneck=False, res2_out_channels=32, stem_channels=32),
     "R50": ResNetSpec(blocks=(3, 4, 6, 3), bottleneck=True, res2_out_channels=256),
     "R101": ResNetSpec(blocks=(3, 4, 23, 3), bottleneck=True, res2_out_channels=256),
 }
@@ -42,7 +46,7 @@ def build_resnet(
     """Build the named ResNet trunk in detectron2's layout, returning res2..res5.
 
     Args:
-        name: a key of :data:`RESNETS` ("R18", "R50", "R101").
+        name: a key of :data:`RESNETS` ("R18", "R18-half", "R50", "R101").
         norm: "FrozenBN" (the reference, for ImageNet or reference weights), "GN" (trainable
             GroupNorm(32), for training from scratch with ``freeze_at=0``) or "BN".
         freeze_at: see :class:`~diffdet.modeling.backbone.resnet.ResNet` (2 freezes stem and res2).
@@ -60,7 +64,7 @@ def build_resnet(
     if norm not in TRUNK_NORMS:
         raise ValueError(f"norm must be one of {TRUNK_NORMS}, got {norm!r}")
     spec = RESNETS[name]
-    stem = BasicStem(3, 64, norm=norm)
+    stem = BasicStem(3, spec.stem_channels, norm=norm)
     in_channels, out_channels, bottleneck_channels = stem.out_channels, spec.res2_out_channels, 64
     stages = []
     for k, count in enumerate(spec.blocks):
@@ -100,7 +104,7 @@ def build_backbone(
     STRIDE_IN_1X1 False, FPN.OUT_CHANNELS 256, FPN.NORM ""), so a reference checkpoint loads by name.
 
     Args:
-        name: "R18", "R50" or "R101".
+        name: a key of :data:`RESNETS`.
         norm: trunk norm, see :func:`build_resnet`.
         freeze_at: see :func:`build_resnet`.
         out_channels: channels of every pyramid level.
