@@ -1,7 +1,9 @@
-"""End-to-end detection under pytest-benchmark: the fast path beside the reference backend.
+"""End-to-end detection under pytest-benchmark: the fast path beside the baseline backends.
 
-Providers: ``reference`` (``DIFFDET_BACKEND=reference``: the plain-PyTorch ops) and ``diffdet`` (the
-fast ops), both on one fp32 copy of the model with FrozenBN folded, so the ratio is the ops' alone.
+Providers: ``reference`` (``DIFFDET_BACKEND=reference``: the plain-PyTorch ops), ``published``
+(``DIFFDET_BACKEND=published``: the ops the published code runs, torchvision's pooling loop and NMS)
+and ``diffdet`` (the fast ops), all on one fp32 copy of the model with FrozenBN folded, so the ratios
+are the ops' alone.
 Settings: 1 step at 300 boxes and 4 steps at 500 boxes, batch 1, random R50 weights (speed does not
 depend on the weights), uniform noise images. Each call is
 :func:`diffdet.benchmark.pipeline.staged_detect`, whose per-component milliseconds (backbone+fpn,
@@ -33,27 +35,25 @@ _DEFAULT_SIZE = "800x1333" if DEVICE.type == "cuda" else "320x544"
 SIZE = tuple(int(v) for v in os.environ.get("DIFFDET_BENCH_E2E_SIZE", _DEFAULT_SIZE).split("x"))
 BACKBONE = os.environ.get("DIFFDET_BENCH_E2E_BACKBONE", "R50")
 SETTINGS = [(300, 1), (500, 4)]
+PROVIDERS = ["reference", "published", "diffdet"]
 ROUNDS = 20 if DEVICE.type == "cuda" else 3
 pytestmark = [] if DEVICE.type == "cuda" else [pytest.mark.slow]  # R50 on a CPU: minutes per case
 
 
 @pytest.fixture(scope="module")
-def models() -> dict[str, torch.nn.Module]:
-    """The model each provider runs (the same folded fp32 copy, random weights)."""
+def model() -> torch.nn.Module:
+    """The model every provider runs: one folded fp32 copy, random weights."""
     torch.manual_seed(0)
     cfg = ModelConfig(backbone=BACKBONE, min_size_test=min(SIZE), max_size_test=max(SIZE))
-    model = folded_copy(build_detector(cfg).to(DEVICE), torch.float32)
-    return {"reference": model, "diffdet": model}
+    return folded_copy(build_detector(cfg).to(DEVICE), torch.float32)
 
 
-@pytest.mark.parametrize("provider", ["reference", "diffdet"])
+@pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize(("num_boxes", "steps"), SETTINGS, ids=[f"{p}boxes-{s}steps" for p, s in SETTINGS])
-def test_bench_e2e(benchmark, models, provider, num_boxes, steps):
+def test_bench_e2e(benchmark, model, provider, num_boxes, steps):
     images = synthetic_images(1, SIZE, seed=0, device=DEVICE)
     clock = Clock(DEVICE)
-    backend = "reference" if provider == "reference" else None
-
-    model = models[provider]
+    backend = None if provider == "diffdet" else provider
 
     def detect():
         with op_backend(backend):

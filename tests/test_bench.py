@@ -99,21 +99,26 @@ def test_graph_modes_need_cuda():
         check_modes(["int8"], torch.device("cpu"))
 
 
-def test_grid_records_every_point_beside_the_reference(model):
-    settings = GridSettings(boxes=[4], steps=[1, 2], size=(32, 48), warmup=0, iters=1)
+def test_grid_records_every_point_beside_the_baselines(model):
+    baselines = ("reference", "published")
+    settings = GridSettings(boxes=[4], steps=[1, 2], size=(32, 48), warmup=0, iters=1, baselines=baselines)
     settings.ap_fn = lambda m, p, s: {"AP": p / 100 + s / 1000}
     records = run_grid(model, settings)
     assert [(r["num_boxes"], r["steps"], r["backend"]) for r in records] == [
-        (4, s, b) for s in (1, 2) for b in ("reference", "fast")
+        (4, s, b) for s in (1, 2) for b in (*baselines, "fast")
     ]
-    for ref, fast in zip(records[::2], records[1::2], strict=True):
-        assert fast["speedup_vs_reference"] == pytest.approx(ref["median_ms"] / fast["median_ms"])
+    for ref, pub, fast in zip(records[::3], records[1::3], records[2::3], strict=True):
+        for name, base in (("reference", ref), ("published", pub)):
+            assert fast[f"speedup_vs_{name}"] == pytest.approx(base["median_ms"] / fast["median_ms"])
+            same = fast[f"vs_{name}"]
+            assert same["same_count"] and same["same_labels"]
+            assert same["max_box_diff"] < 1e-2 and same["matched"] == 1.0
         assert fast["fps"] == pytest.approx(1e3 / fast["median_ms"])
         assert fast["p90_ms"] >= fast["median_ms"] > 0 and fast["iters"] == 1
         assert fast["ap"]["AP"] == pytest.approx(fast["num_boxes"] / 100 + fast["steps"] / 1000)
-        assert fast["vs_reference"]["same_count"] and fast["vs_reference"]["same_labels"]
-        assert fast["vs_reference"]["max_box_diff"] < 1e-2 and fast["vs_reference"]["matched"] == 1.0
         assert len([k for k in fast["components_ms"] if k.startswith("head step")]) == fast["steps"]
+    with pytest.raises(ValueError, match="baselines"):
+        GridSettings(baselines=["torchvision"])
 
 
 def test_runs_are_timed_in_turn_after_their_warmup():
@@ -194,7 +199,7 @@ def test_bench_with_data_measures_ap_and_draws_the_speed_accuracy_plot(tmp_path)
     with contextlib.redirect_stdout(io.StringIO()):
         status = main(
             ["bench", "--weights", str(weights), "--device", "cpu", "--size", "64x96", "--boxes", "4",
-             "--steps", "1,2", "--warmup", "0", "--iters", "1", "--no-reference", "--data", str(COCO128),
+             "--steps", "1,2", "--warmup", "0", "--iters", "1", "--baselines", "", "--data", str(COCO128),
              "--max-images", "1", "--out", str(tmp_path), "--name", "acc"]
         )  # fmt: skip
     assert status == 0
@@ -232,3 +237,16 @@ def test_gpu_suite_keeps_going_after_a_failure_and_exits_nonzero(tmp_path):
     summary = (tmp_path / "summary.txt").read_text()
     for stage in ("env", "gpu_tests", "kernel_bench", "e2e"):
         assert f"{stage:<14} FAILED" in summary
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_git_commit_names_the_checkout_and_marks_uncommitted_changes():
+    from diffdet.benchmark.report import git_commit
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                           capture_output=True, text=True).stdout.strip()  # fmt: skip
+    assert git_commit() == head.strip() + ("-dirty" if dirty else "")

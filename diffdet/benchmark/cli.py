@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from diffdet.benchmark.settings import DEFAULT_BOXES, DEFAULT_STEPS, MODES, GridSettings
+from diffdet.benchmark.settings import BASELINES, DEFAULT_BOXES, DEFAULT_STEPS, MODES, GridSettings
 from diffdet.detect import USAGE_ERROR, InputError, coco_dataset, load_detector, pick_device, run_eval
 
 if TYPE_CHECKING:  # the parser is built without importing torch (``diffdet --help`` stays fast)
@@ -70,7 +70,11 @@ def bench_args(parser: argparse.ArgumentParser) -> None:
         "--modes", type=lambda s: s.split(","), default=None,
         help=f"fast modes among {','.join(MODES)} (default: fp32,bf16,graph on CUDA, fp32 on CPU)",
     )  # fmt: skip
-    parser.add_argument("--no-reference", action="store_true", help="skip the DIFFDET_BACKEND=reference runs")
+    parser.add_argument(
+        "--baselines", type=lambda s: [b for b in s.split(",") if b], default=["reference"],
+        help=f"op backends to compare with, among {','.join(BASELINES)} (default reference; "
+        "published: the ops the published code runs); '' for none",
+    )  # fmt: skip
     parser.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
     parser.add_argument(
         "--size", type=_size, default=(800, 1333), help="input HxW; also the test resize (800x1333)"
@@ -128,7 +132,7 @@ def bench_main(args: argparse.Namespace) -> int:
         modes = args.modes or (["fp32", "bf16", "graph"] if device.type == "cuda" else ["fp32"])
         settings = GridSettings(
             boxes=args.boxes, steps=args.steps, modes=modes, batch=args.batch, size=args.size,
-            warmup=args.warmup, iters=args.iters, reference=not args.no_reference, seed=args.seed,
+            warmup=args.warmup, iters=args.iters, baselines=args.baselines, seed=args.seed,
         )  # fmt: skip
         if args.data:
             dataset = coco_dataset(args.data, args.images, args.max_images)

@@ -1,11 +1,11 @@
-"""The (num_boxes x steps) grid: FPS of every fast mode beside the reference backend, and optional AP.
+"""The (num_boxes x steps) grid: FPS of every fast mode beside baseline op backends, and optional AP.
 
-At each grid point the reference path (``DIFFDET_BACKEND=reference``: the plain-PyTorch ops, fp32,
-eager) and then every fast mode run back to back, so each fast figure comes with its speed ratio
-measured side by side, and with how far its detections are from the reference's (same images, same
-noise). Every path runs a copy of the model with FrozenBN folded (:func:`folded_copy`); the fp32 mode
-and the reference share one copy, so their ratio is the ops' alone and their detections differ only
-by the ops' rounding.
+At each grid point the baselines (fp32, eager; ``DIFFDET_BACKEND=reference``: the plain-PyTorch ops;
+``published``: the ops the published code runs) and then every fast mode run back to back, so each
+fast figure comes with its speed ratio to each baseline measured side by side, and with how far its
+detections are from the baseline's (same images, same noise). Every path runs a copy of the model with
+FrozenBN folded (:func:`folded_copy`); the fp32 mode and the baselines share one copy, so their ratio
+is the ops' alone and their detections differ only by the ops' rounding.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def _record(
 def run_grid(
     model: DiffusionDet, settings: GridSettings, progress: Callable[[str], None] | None = None
 ) -> list[dict]:
-    """Measure every (num_boxes, steps) point in every mode (and the reference backend).
+    """Measure every (num_boxes, steps) point in every mode (and the baseline backends).
 
     At each point every run is warmed up, then the runs are timed in turn, ``settings.iters`` rounds.
 
@@ -116,12 +116,12 @@ def run_grid(
         progress: called with a short description before each grid point and each AP evaluation.
 
     Returns:
-        One record per (point, mode), reference records first at each point: ``mode``, ``backend``
-        ("fast" | "reference"), ``num_boxes``, ``steps``, ``batch``, ``median_ms``, ``p90_ms``,
+        One record per (point, mode), baseline records first at each point: ``mode``, ``backend``
+        ("fast", or the baseline's name), ``num_boxes``, ``steps``, ``batch``, ``median_ms``, ``p90_ms``,
         ``min_ms``, ``mean_ms``, ``iters``, ``fps`` (images/s from the median), ``components_ms``
-        (median per component; None for CUDA-graph modes), and for fast records
-        ``speedup_vs_reference`` and ``vs_reference`` (see
-        :func:`~diffdet.benchmark.pipeline.compare_detections`) when the reference ran, ``ap`` (dict of
+        (median per component; None for CUDA-graph modes), and for fast records per baseline B
+        ``speedup_vs_B`` and ``vs_B`` (see :func:`~diffdet.benchmark.pipeline.compare_detections`),
+        ``ap`` (dict of
         COCO metrics) when ``settings.ap_fn`` is set (for graph modes measured eagerly on the same
         model: the graph replays the same computation).
 
@@ -141,26 +141,24 @@ def run_grid(
         for s in settings.steps:
             if progress:
                 progress(f"{p} boxes x {s} steps")
-            runs = {}
-            if settings.reference:
-                runs["reference"] = _eager(fp32, images, p, s, settings.seed, clock, "reference")
+            runs = {b: _eager(fp32, images, p, s, settings.seed, clock, b) for b in settings.baselines}
             for mode in modes:
                 if mode.startswith("graph"):
                     runs[mode] = _graph(variants[mode], images, p, s, settings.seed, clock)
                 else:
                     runs[mode] = _eager(variants[mode], images, p, s, settings.seed, clock, None)
             measured = _measure(runs, settings.warmup, settings.iters)
-            reference = None
-            if settings.reference:
-                ref_dets, stats, components = measured["reference"]
-                reference = _record("fp32", "reference", p, s, settings.batch, stats, components)
-                records.append(reference)
+            baselines = {}
+            for name in settings.baselines:
+                dets, stats, components = measured[name]
+                baselines[name] = (dets, _record("fp32", name, p, s, settings.batch, stats, components))
+                records.append(baselines[name][1])
             for mode in modes:
                 dets, stats, components = measured[mode]
                 record = _record(mode, "fast", p, s, settings.batch, stats, components)
-                if reference is not None:
-                    record["speedup_vs_reference"] = reference["median_ms"] / record["median_ms"]
-                    record["vs_reference"] = compare_detections(dets, ref_dets)
+                for name, (base_dets, base) in baselines.items():
+                    record[f"speedup_vs_{name}"] = base["median_ms"] / record["median_ms"]
+                    record[f"vs_{name}"] = compare_detections(dets, base_dets)
                 if settings.ap_fn is not None:
                     if progress:
                         progress(f"AP {mode} {p} boxes x {s} steps")

@@ -11,6 +11,7 @@ import torch
 
 from diffdet.benchmark.grid import published_comparison
 from diffdet.benchmark.plot import MARKERS, PALETTE, Series, VLine, line_chart
+from diffdet.benchmark.settings import BASELINES
 
 
 def device_name(device: torch.device) -> str:
@@ -22,11 +23,17 @@ def device_name(device: torch.device) -> str:
 
 
 def git_commit() -> str | None:
-    """The source tree's git commit, or None outside a git checkout (or before the first commit)."""
+    """The source tree's git commit, with ``-dirty`` when tracked files have uncommitted changes; None
+    outside a git checkout (or before the first commit)."""
     root = Path(__file__).resolve().parents[2]
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=False, timeout=10
+            ["git", "describe", "--always", "--abbrev=40", "--dirty", "--exclude=*"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=10,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -36,25 +43,30 @@ def git_commit() -> str | None:
 def format_table(records: list[dict], device: str) -> str:
     """A fixed-width table of the grid, then the published figure beside ours.
 
-    Columns: boxes, steps, mode, backend, median and p90 ms, FPS, speed ratio to the reference, whether
-    the detections match the reference's rank by rank (else the share matched at IoU 0.95; then the
-    max box difference in pixels), AP.
+    Columns: boxes, steps, mode, backend, median and p90 ms, FPS, then per baseline the speed ratio to
+    it and whether the detections match its rank by rank (else the share matched at IoU 0.95; then
+    the max box difference in pixels), AP.
     """
+    baselines = [b for b in BASELINES if any(r["backend"] == b for r in records)]
     head = f"{'boxes':>6} {'steps':>5} {'mode':<11}{'backend':<10}{'median ms':>10}{'p90 ms':>10}{'FPS':>9}"
-    head += f"{'x ref':>8}  {'same dets (max box diff px)':<28}{'AP':>6}"
+    for b in baselines:
+        head += f"{'x ' + b[:3]:>8}  {'same dets as ' + b[:3] + ' (box diff px)':<30}"
+    head += f"{'AP':>6}"
     lines = [f"end-to-end detection on {device}", head, "-" * len(head)]
     for r in records:
-        ratio = f"{r['speedup_vs_reference']:.2f}" if "speedup_vs_reference" in r else "-"
-        match = "-"
-        if "vs_reference" in r:
-            v = r["vs_reference"]
-            same = "yes" if v["same_count"] and v["same_labels"] else f"NO, {100 * v['matched']:.0f}% matched"
-            match = f"{same} ({v['max_box_diff']:.2g})"
-        ap = f"{100 * r['ap']['AP']:.1f}" if r.get("ap") else "-"
-        lines.append(
+        line = (
             f"{r['num_boxes']:>6} {r['steps']:>5} {r['mode']:<11}{r['backend']:<10}{r['median_ms']:>10.2f}"
-            f"{r['p90_ms']:>10.2f}{r['fps']:>9.2f}{ratio:>8}  {match:<28}{ap:>6}"
+            f"{r['p90_ms']:>10.2f}{r['fps']:>9.2f}"
         )
+        for b in baselines:
+            ratio, match = "-", "-"
+            if f"vs_{b}" in r:
+                v = r[f"vs_{b}"]
+                same = "yes" if v["same_count"] and v["same_labels"] else f"NO, {v['matched']:.0%} matched"
+                ratio, match = f"{r[f'speedup_vs_{b}']:.2f}", f"{same} ({v['max_box_diff']:.2g})"
+            line += f"{ratio:>8}  {match:<30}"
+        ap = f"{100 * r['ap']['AP']:.1f}" if r.get("ap") else "-"
+        lines.append(line + f"{ap:>6}")
     cmp = published_comparison(records)
     pub = cmp["published"]
     lines.append("")
@@ -84,11 +96,11 @@ def write_json(path: Path, records: list[dict], meta: dict) -> Path:
 
 
 def _label(r: dict) -> str:
-    return f"{r['mode']} {r['backend']}" if r["backend"] == "fast" else "fp32 reference"
+    return f"{r['mode']} {r['backend']}" if r["backend"] == "fast" else f"fp32 {r['backend']}"
 
 
 def plot_fps(records: list[dict], path: Path, device: str) -> Path:
-    """FPS against num_boxes (log axis): a colour per mode (and the reference), a marker per steps."""
+    """FPS against num_boxes (log axis): a colour per mode (and baseline), a marker per steps."""
     labels = list(dict.fromkeys(_label(r) for r in records))
     steps = sorted({r["steps"] for r in records})
     curves: dict[tuple[str, int], list[tuple[float, float]]] = {}

@@ -8,6 +8,10 @@ from dataclasses import dataclass, field
 MODES = ("fp32", "bf16", "fp16", "graph", "graph-bf16", "graph-fp16")
 """Fast-path modes: eager in a dtype, or the CUDA graph of the sampling loop ("graph" is fp32)."""
 
+BASELINES = ("reference", "published")
+"""Op backends a fast figure is compared with (``DIFFDET_BACKEND``): the plain-PyTorch references, or
+what the published code runs (torchvision's roi_align per level and batched_nms, references elsewhere)."""
+
 DEFAULT_BOXES = (100, 300, 500, 1000, 2000)
 DEFAULT_STEPS = (1, 2, 4)
 
@@ -35,7 +39,8 @@ class GridSettings:
         size: (H, W) of the synthetic input images in pixels; the model's test resize is set to it.
         warmup: untimed calls per grid point and mode.
         iters: timed calls per grid point and mode.
-        reference: also time the reference backend (and give every fast figure its ratio).
+        baselines: op backends of :data:`BASELINES` also timed (fp32, eager), each giving every fast
+            figure its speed ratio and detection comparison.
         seed: seed of the images and of the sampler's noise.
         ap_fn: ``(model, num_boxes, steps) -> COCO metrics``, called per fast mode and point when set.
     """
@@ -47,7 +52,7 @@ class GridSettings:
     size: tuple[int, int] = (800, 1333)
     warmup: int = 2
     iters: int = 10
-    reference: bool = True
+    baselines: Sequence[str] = ("reference",)
     seed: int = 0
     ap_fn: Callable[[object, int, int], dict[str, float]] | None = field(default=None, repr=False)
 
@@ -60,5 +65,8 @@ class GridSettings:
             raise ValueError(f"batch must be >= 1, got {self.batch}")
         if len(self.size) != 2 or min(self.size) < 1:
             raise ValueError(f"size must be (H, W) with H, W >= 1, got {self.size}")
+        unknown = [b for b in self.baselines if b not in BASELINES]
+        if unknown:
+            raise ValueError(f"baselines must be among {BASELINES}, got {unknown}")
         if self.iters < 1 or self.warmup < 0:
             raise ValueError(f"iters must be >= 1 and warmup >= 0, got {self.iters}, {self.warmup}")
