@@ -4,8 +4,9 @@
 // sample count) of every sample are computed once (torchvision's PreCalc idea) and reused for every
 // channel. Channels-last maps (channel stride 1) are read with the channel loop innermost, which the
 // compiler vectorises; NCHW maps are converted to channels-last once per call when the taps outnumber
-// the map pixels enough to pay for the copy (kChannelsLastMinTapsPerPixel), else read per channel,
-// prefetching the box's region of the plane kPrefetchChannels ahead.
+// the map pixels enough to pay for the copy (kChannelsLastMinTapsPerPixel); otherwise each box copies
+// its region of kTileChannels planes at a time into a small channels-last tile (prefetching the next
+// planes' region), and pools from the tile as from channels-last maps.
 // Backward: parallel over channels (each thread owns whole channel planes of the gradient, or on
 // channels-last maps a block of channels of every pixel, so no two threads write one element and every
 // element sums its terms in box order): deterministic, race-free. The gradient takes the layout of the
@@ -30,8 +31,8 @@ namespace {
 // wins. Callers that pool the same maps several times (6 head stages) should pass channels-last maps:
 // no copy at all.
 constexpr double kChannelsLastMinTapsPerPixel = 4.0;
-// Channels ahead whose tap region the strided forward prefetches.
-constexpr int64_t kPrefetchChannels = 2;
+// Channels the NCHW forward copies into one channels-last tile (one AVX2 float vector).
+constexpr int64_t kTileChannels = 8;
 // Least work (channel x tap products) per parallel chunk: a smaller call runs on the calling thread,
 // where waking the pool would cost more than the work.
 constexpr int64_t kMinWorkPerChunk = 1 << 16;
@@ -108,7 +109,8 @@ int box_taps(const box_t* boxes, const int64_t* batch_idx, int64_t k, int64_t ba
 
 // Rows and columns a box's taps cover on one channel plane (row-contiguous planes only).
 struct TapRegion {
-  int64_t row_begin = 0, row_end = 0, col_begin = 0, col_end = 0;  // half-open; empty: nothing to prefetch
+  int64_t row_begin = 0, row_end = 0, col_begin = 0, col_end = 0;  // half-open
+  bool empty() const { return row_end <= row_begin || col_end <= col_begin; }
 };
 
 template <typename acc_t>
@@ -143,6 +145,53 @@ void prefetch_region(const scalar_t* plane, const TapRegion& r, int64_t stride_h
       __builtin_prefetch(p + col);
     }
     __builtin_prefetch(p + r.col_end - 1);
+  }
+}
+
+// One box on NCHW maps, kTileChannels channels at a time: the box's region of those channel planes is
+// copied into a small channels-last tile (row segments read contiguously), then pooled as on
+// channels-last maps, the channel loop innermost and vectorised. Every output sums its taps in the
+// same order as the other paths, so all layouts give the same bits.
+template <typename scalar_t, typename acc_t>
+void pool_through_tiles(const scalar_t* base, int64_t stride_c, int64_t stride_h, int64_t channels,
+    const BoxTaps<acc_t>& taps, const TapRegion& region, int64_t bins, int64_t bin_stride, int64_t chan_stride,
+    scalar_t* o) {
+  const int64_t rows = region.row_end - region.row_begin, cols = region.col_end - region.col_begin;
+  const int64_t n = taps.taps_per_bin;
+  std::vector<int64_t> tile_offset(taps.offset.size());
+  for (size_t t = 0; t < taps.offset.size(); ++t) {  // weight-0 taps (outside the map) read the tile's start
+    const int64_t row = taps.offset[t] / stride_h - region.row_begin, col = taps.offset[t] % stride_h - region.col_begin;
+    const bool inside = taps.weight[t] != static_cast<acc_t>(0);
+    tile_offset[t] = inside ? (row * cols + col) * kTileChannels : 0;
+  }
+  std::vector<acc_t> tile(rows * cols * kTileChannels);
+  for (int64_t c0 = 0; c0 < channels; c0 += kTileChannels) {
+    const int64_t count = std::min(kTileChannels, channels - c0);
+    for (int64_t j = 0; j < kTileChannels && c0 + kTileChannels + j < channels; ++j) {
+      prefetch_region(base + (c0 + kTileChannels + j) * stride_c, region, stride_h);
+    }
+    for (int64_t j = 0; j < count; ++j) {
+      const scalar_t* plane = base + (c0 + j) * stride_c + region.row_begin * stride_h + region.col_begin;
+      for (int64_t r = 0; r < rows; ++r) {
+        acc_t* dst = tile.data() + r * cols * kTileChannels + j;
+        for (int64_t x = 0; x < cols; ++x) {
+          dst[x * kTileChannels] = static_cast<acc_t>(plane[r * stride_h + x]);
+        }
+      }
+    }
+    for (int64_t bin = 0; bin < bins; ++bin) {
+      acc_t acc[kTileChannels] = {};
+      for (int64_t t = bin * n; t < (bin + 1) * n; ++t) {
+        const acc_t w = taps.weight[t];
+        const acc_t* p = tile.data() + tile_offset[t];
+        for (int64_t j = 0; j < kTileChannels; ++j) {
+          acc[j] += w * p[j];
+        }
+      }
+      for (int64_t j = 0; j < count; ++j) {
+        o[bin * bin_stride + (c0 + j) * chan_stride] = static_cast<scalar_t>(acc[j]);
+      }
+    }
   }
 }
 
@@ -186,12 +235,10 @@ void forward_impl(const std::vector<at::Tensor>& maps, const at::Tensor& boxes, 
             o[bin * bin_stride + c * chan_stride] = static_cast<scalar_t>(acc[c]);
           }
         }
-      } else {  // strided channels: one channel at a time, the taps reused across channels
-        const TapRegion region = tap_region(taps, L.stride_h, L.stride_w);
+      } else if (const TapRegion region = tap_region(taps, L.stride_h, L.stride_w); !region.empty()) {
+        pool_through_tiles(base, L.stride_c, L.stride_h, channels, taps, region, bins, bin_stride, chan_stride, o);
+      } else {  // no tap of weight > 0, or a layout without unit column stride: one channel at a time
         for (int64_t c = 0; c < channels; ++c) {
-          if (c + kPrefetchChannels < channels) {
-            prefetch_region(base + (c + kPrefetchChannels) * L.stride_c, region, L.stride_h);
-          }
           const scalar_t* plane = base + c * L.stride_c;
           for (int64_t bin = 0; bin < bins; ++bin) {
             acc_t a = 0;

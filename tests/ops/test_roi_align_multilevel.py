@@ -157,6 +157,26 @@ def test_roi_align_multilevel_matches_reference(dtype, atol, rtol, channels_last
 
 
 @needs_cpu_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("num", [10, 400])
+def test_roi_align_multilevel_forward_is_the_same_in_every_layout(dtype, num):
+    """NCHW maps (10 boxes: pooled through channels-last tiles; 400: the maps copied to channels-last),
+    channels-last maps and a strided view (pooled channel by channel) give the same bits; 20 channels
+    make a partial tile."""
+    feats = make_features(channels=20, dtype=dtype)
+    boxes, batch_idx = make_boxes(num)
+    nchw = roi_align_multilevel(feats, boxes, batch_idx)
+    last = roi_align_multilevel(
+        [f.contiguous(memory_format=torch.channels_last) for f in feats], boxes, batch_idx
+    )
+    wide = [torch.zeros(*f.shape[:3], 2 * f.shape[3], dtype=dtype) for f in feats]
+    for w, f in zip(wide, feats, strict=True):
+        w[..., ::2] = f
+    strided = roi_align_multilevel([w[..., ::2] for w in wide], boxes, batch_idx)
+    assert torch.equal(nchw, last) and torch.equal(nchw, strided)
+
+
+@needs_cpu_kernel
 @pytest.mark.parametrize("aligned", [True, False])
 @pytest.mark.parametrize("sampling_ratio", [0, 1, 3])
 def test_roi_align_multilevel_options_match_reference(aligned, sampling_ratio):
