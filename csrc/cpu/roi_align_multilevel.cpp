@@ -65,11 +65,11 @@ struct BoxTaps {
   int64_t taps_per_bin = 0;
 };
 
-// Level index of box k and its taps on that level (offsets with the given strides), or -1 when the box
+// Level index of box k and its taps on that level (offsets with the level's strides), or -1 when the box
 // pools to zero (undefined level, batch index out of range).
 template <typename scalar_t, typename box_t, typename T>
 int box_taps(const box_t* boxes, const int64_t* batch_idx, int64_t k, int64_t batch, const std::vector<Level<T>>& levels,
-    const RoiAlignOptions& opt, bool grad_layout, BoxTaps<at::opmath_type<scalar_t>>& taps) {
+    const RoiAlignOptions& opt, BoxTaps<at::opmath_type<scalar_t>>& taps) {
   using acc_t = at::opmath_type<scalar_t>;
   const box_t* b = boxes + 4 * k;
   const int lvl = assign_level<box_t>(b[0], b[1], b[2], b[3], static_cast<box_t>(opt.canonical_box_size),
@@ -83,8 +83,6 @@ int box_taps(const box_t* boxes, const int64_t* batch_idx, int64_t k, int64_t ba
   const int size = static_cast<int>(opt.output_size);
   const auto g = roi_geometry<acc_t>(round(b[0]), round(b[1]), round(b[2]), round(b[3]),
       static_cast<acc_t>(level_scale(opt.min_level, lvl)), size, static_cast<int>(opt.sampling_ratio), opt.aligned);
-  const int64_t stride_h = grad_layout ? L.width : L.stride_h;
-  const int64_t stride_w = grad_layout ? 1 : L.stride_w;
   taps.taps_per_bin = 4 * static_cast<int64_t>(g.grid_h) * g.grid_w;
   taps.offset.resize(taps.taps_per_bin * size * size);
   taps.weight.resize(taps.taps_per_bin * size * size);
@@ -95,7 +93,7 @@ int box_taps(const box_t* boxes, const int64_t* batch_idx, int64_t k, int64_t ba
         const acc_t y = sample_coord(g.start_y, g.bin_h, ph, iy, g.grid_h);
         for (int ix = 0; ix < g.grid_w; ++ix) {
           const acc_t x = sample_coord(g.start_x, g.bin_w, pw, ix, g.grid_w);
-          const auto t = bilinear_taps<acc_t>(y, x, L.height, L.width, stride_h, stride_w, g.inv_count);
+          const auto t = bilinear_taps<acc_t>(y, x, L.height, L.width, L.stride_h, L.stride_w, g.inv_count);
           for (int q = 0; q < 4; ++q, ++n) {
             taps.offset[n] = t.offset[q];
             taps.weight[n] = t.weight[q];
@@ -122,7 +120,7 @@ TapRegion tap_region(const BoxTaps<acc_t>& taps, int64_t stride_h, int64_t strid
   bool any = false;
   for (size_t t = 0; t < taps.offset.size(); ++t) {
     if (taps.weight[t] == static_cast<acc_t>(0)) {
-      continue;  // samples outside the map tap offset 0 with weight 0
+      continue;  // adds nothing (samples outside the map tap offset 0 with weight 0)
     }
     const int64_t row = taps.offset[t] / stride_h, col = taps.offset[t] % stride_h;
     r.row_begin = any ? std::min(r.row_begin, row) : row;
@@ -159,7 +157,9 @@ void pool_through_tiles(const scalar_t* base, int64_t stride_c, int64_t stride_h
   const int64_t rows = region.row_end - region.row_begin, cols = region.col_end - region.col_begin;
   const int64_t n = taps.taps_per_bin;
   std::vector<int64_t> tile_offset(taps.offset.size());
-  for (size_t t = 0; t < taps.offset.size(); ++t) {  // weight-0 taps (outside the map) read the tile's start
+  // Taps of weight 0 (samples outside the map, or on a pixel's row or column) may lie outside the
+  // region: they read the tile's first pixel instead, adding 0 as before (for finite features).
+  for (size_t t = 0; t < taps.offset.size(); ++t) {
     const int64_t row = taps.offset[t] / stride_h - region.row_begin, col = taps.offset[t] % stride_h - region.col_begin;
     const bool inside = taps.weight[t] != static_cast<acc_t>(0);
     tile_offset[t] = inside ? (row * cols + col) * kTileChannels : 0;
@@ -213,7 +213,7 @@ void forward_impl(const std::vector<at::Tensor>& maps, const at::Tensor& boxes, 
     std::vector<acc_t> acc(channels);
     for (int64_t k = begin; k < end; ++k) {
       scalar_t* o = out_ptr + k * bins * channels;
-      const int lvl = box_taps<scalar_t>(box_ptr, idx_ptr, k, batch, levels, opt, false, taps);
+      const int lvl = box_taps<scalar_t>(box_ptr, idx_ptr, k, batch, levels, opt, taps);
       if (lvl < 0) {
         std::fill(o, o + bins * channels, static_cast<scalar_t>(0));
         continue;
@@ -292,9 +292,15 @@ at::Tensor roi_align_multilevel_cpu(const at::TensorList features, const at::Ten
   return out;
 }
 
+// Channels per parallel chunk of the channels-last backward: a whole number of AVX-512 float vectors.
+constexpr int64_t kChannelBlock = 16;
+
+// NCHW gradient maps: each chunk owns whole channel planes, grad in the layout bin_major names.
+// Channels-last gradient maps: each chunk owns a block of channels of every pixel, the channel loop
+// innermost and vectorised; grad is bin-major [K, S*S, C] contiguous.
 template <typename scalar_t, typename box_t>
 void backward_impl(const at::Tensor& grad, const at::Tensor& boxes, const at::Tensor& batch_idx,
-    const std::vector<at::Tensor>& grad_maps, const RoiAlignOptions& opt) {
+    const std::vector<at::Tensor>& grad_maps, const RoiAlignOptions& opt, bool channels_last) {
   using acc_t = at::opmath_type<scalar_t>;
   const auto levels = levels_of<acc_t>(grad_maps);
   const int64_t num = boxes.size(0), channels = grad_maps[0].size(1), batch = grad_maps[0].size(0);
@@ -304,63 +310,39 @@ void backward_impl(const at::Tensor& grad, const at::Tensor& boxes, const at::Te
   const scalar_t* grad_ptr = grad.data_ptr<scalar_t>();
   const int64_t bin_stride = opt.bin_major ? channels : 1, chan_stride = opt.bin_major ? 1 : bins;
   const int64_t grid = opt.sampling_ratio > 0 ? opt.sampling_ratio : 2;
-  at::parallel_for(0, channels, grain_for(num * bins * 4 * grid * grid), [&](int64_t c_begin, int64_t c_end) {
+  const int64_t block = channels_last ? kChannelBlock : 1;
+  const int64_t chunks = (channels + block - 1) / block;
+  at::parallel_for(0, chunks, grain_for(num * bins * 4 * grid * grid * block), [&](int64_t b0, int64_t b1) {
+    const int64_t c_begin = b0 * block, c_end = std::min(channels, b1 * block);
     BoxTaps<acc_t> taps;
     for (int64_t k = 0; k < num; ++k) {
-      const int lvl = box_taps<scalar_t>(box_ptr, idx_ptr, k, batch, levels, opt, true, taps);
-      if (lvl < 0) {
-        continue;
-      }
-      const auto& L = levels[lvl];
-      const int64_t n = taps.taps_per_bin;
-      for (int64_t c = c_begin; c < c_end; ++c) {
-        acc_t* plane = L.data + idx_ptr[k] * L.stride_n + c * L.stride_c;
-        const scalar_t* g = grad_ptr + k * bins * channels + c * chan_stride;
-        for (int64_t bin = 0; bin < bins; ++bin) {
-          const acc_t gv = static_cast<acc_t>(g[bin * bin_stride]);
-          for (int64_t t = bin * n; t < (bin + 1) * n; ++t) {
-            plane[taps.offset[t]] += taps.weight[t] * gv;
-          }
-        }
-      }
-    }
-  });
-}
-
-// Channels per parallel chunk of the channels-last backward: a whole number of AVX-512 float vectors.
-constexpr int64_t kChannelBlock = 16;
-
-// Backward into channels-last gradient maps: grad is bin-major [K, S*S, C] contiguous.
-template <typename scalar_t, typename box_t>
-void backward_channels_last_impl(const at::Tensor& grad, const at::Tensor& boxes, const at::Tensor& batch_idx,
-    const std::vector<at::Tensor>& grad_maps, const RoiAlignOptions& opt) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const auto levels = levels_of<acc_t>(grad_maps);
-  const int64_t num = boxes.size(0), channels = grad_maps[0].size(1), batch = grad_maps[0].size(0);
-  const int64_t bins = opt.output_size * opt.output_size;
-  const box_t* box_ptr = boxes.data_ptr<box_t>();
-  const int64_t* idx_ptr = batch_idx.data_ptr<int64_t>();
-  const scalar_t* grad_ptr = grad.data_ptr<scalar_t>();
-  const int64_t grid = opt.sampling_ratio > 0 ? opt.sampling_ratio : 2;
-  const int64_t blocks = (channels + kChannelBlock - 1) / kChannelBlock;
-  at::parallel_for(0, blocks, grain_for(num * bins * 4 * grid * grid * kChannelBlock), [&](int64_t b0, int64_t b1) {
-    const int64_t c_begin = b0 * kChannelBlock, c_end = std::min(channels, b1 * kChannelBlock);
-    BoxTaps<acc_t> taps;
-    for (int64_t k = 0; k < num; ++k) {
-      const int lvl = box_taps<scalar_t>(box_ptr, idx_ptr, k, batch, levels, opt, false, taps);
+      const int lvl = box_taps<scalar_t>(box_ptr, idx_ptr, k, batch, levels, opt, taps);
       if (lvl < 0) {
         continue;
       }
       const auto& L = levels[lvl];
       acc_t* base = L.data + idx_ptr[k] * L.stride_n;
       const int64_t n = taps.taps_per_bin;
-      for (int64_t bin = 0; bin < bins; ++bin) {
-        const scalar_t* g = grad_ptr + (k * bins + bin) * channels;
-        for (int64_t t = bin * n; t < (bin + 1) * n; ++t) {
-          const acc_t w = taps.weight[t];
-          acc_t* p = base + taps.offset[t];
-          for (int64_t c = c_begin; c < c_end; ++c) {
-            p[c] += w * static_cast<acc_t>(g[c]);
+      if (channels_last) {
+        for (int64_t bin = 0; bin < bins; ++bin) {
+          const scalar_t* g = grad_ptr + (k * bins + bin) * channels;
+          for (int64_t t = bin * n; t < (bin + 1) * n; ++t) {
+            const acc_t w = taps.weight[t];
+            acc_t* p = base + taps.offset[t];
+            for (int64_t c = c_begin; c < c_end; ++c) {
+              p[c] += w * static_cast<acc_t>(g[c]);
+            }
+          }
+        }
+        continue;
+      }
+      for (int64_t c = c_begin; c < c_end; ++c) {
+        acc_t* plane = base + c * L.stride_c;
+        const scalar_t* g = grad_ptr + k * bins * channels + c * chan_stride;
+        for (int64_t bin = 0; bin < bins; ++bin) {
+          const acc_t gv = static_cast<acc_t>(g[bin * bin_stride]);
+          for (int64_t t = bin * n; t < (bin + 1) * n; ++t) {
+            plane[taps.offset[t]] += taps.weight[t] * gv;
           }
         }
       }
@@ -395,13 +377,10 @@ std::vector<at::Tensor> roi_align_multilevel_backward_cpu(const at::Tensor& grad
         ? grad.reshape({num, channels, s * s}).transpose(1, 2).contiguous()
         : grad.contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_multilevel_backward_cpu", [&] {
-      const bool double_boxes = boxes.scalar_type() == at::kDouble;
-      if (channels_last) {
-        double_boxes ? backward_channels_last_impl<scalar_t, double>(grad_c, boxes_c, idx_c, acc_maps, opt)
-                     : backward_channels_last_impl<scalar_t, float>(grad_c, boxes_c, idx_c, acc_maps, opt);
+      if (boxes.scalar_type() == at::kFloat) {
+        backward_impl<scalar_t, float>(grad_c, boxes_c, idx_c, acc_maps, opt, channels_last);
       } else {
-        double_boxes ? backward_impl<scalar_t, double>(grad_c, boxes_c, idx_c, acc_maps, opt)
-                     : backward_impl<scalar_t, float>(grad_c, boxes_c, idx_c, acc_maps, opt);
+        backward_impl<scalar_t, double>(grad_c, boxes_c, idx_c, acc_maps, opt, channels_last);
       }
     });
   }
