@@ -35,7 +35,7 @@ def test_uint8_resize_is_within_one_level_of_pil_bilinear():
         resize_to=(200, 1333), dtype=torch.float32,
     )  # fmt: skip
     pil = Image.fromarray(image.permute(1, 2, 0).numpy()).resize((267, 200), Image.BILINEAR)
-    expect = torch.from_numpy(np.asarray(pil)).permute(2, 0, 1).float()
+    expect = torch.from_numpy(np.array(pil)).permute(2, 0, 1).float()
     got = batch.tensor[0, :, :200, :267]
     assert float((got - expect).abs().max()) <= 1.0
     assert float((got - expect).abs().mean()) < 0.05
