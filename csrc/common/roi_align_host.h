@@ -55,6 +55,31 @@ inline void check_roi_features(const at::TensorList features, const at::Tensor& 
   }
 }
 
+// Device-independent checks of the backward's arguments: options, boxes, one height and one width per
+// level, and grad's shape ([K, S*S, C] when bin_major, else [K, C, S, S]).
+inline void check_roi_backward(const at::Tensor& grad, const at::Tensor& boxes, const at::Tensor& batch_idx,
+    int64_t channels, at::IntArrayRef heights, at::IntArrayRef widths, const RoiAlignOptions& opt) {
+  check_roi_options(opt, heights.size());
+  check_roi_boxes(boxes, batch_idx);
+  TORCH_CHECK(heights.size() == widths.size(), "heights and widths must have one entry per level, got ",
+      heights.size(), " and ", widths.size());
+  const int64_t s = opt.output_size, num = boxes.size(0);
+  const auto want = opt.bin_major ? std::vector<int64_t>{num, s * s, channels} : std::vector<int64_t>{num, channels, s, s};
+  TORCH_CHECK(grad.sizes() == at::IntArrayRef(want), "grad must be ", at::IntArrayRef(want), ", got ", grad.sizes());
+}
+
+// Zeroed gradient accumulators, one [B, C, Hl, Wl] per level: channels-last ([B, Hl, Wl, C] seen as
+// [B, C, Hl, Wl]) or NCHW.
+inline std::vector<at::Tensor> zero_grad_maps(int64_t batch, int64_t channels, at::IntArrayRef heights,
+    at::IntArrayRef widths, const at::TensorOptions& options, bool channels_last) {
+  std::vector<at::Tensor> maps;
+  for (size_t l = 0; l < heights.size(); ++l) {
+    maps.push_back(channels_last ? at::zeros({batch, heights[l], widths[l], channels}, options).permute({0, 3, 1, 2})
+                                 : at::zeros({batch, channels, heights[l], widths[l]}, options));
+  }
+  return maps;
+}
+
 // Level l holds boxes of FPN level min_level + l, at scale 2^-(min_level + l) (exact in any dtype).
 inline double level_scale(int64_t min_level, int64_t level) {
   return std::ldexp(1.0, -static_cast<int>(min_level + level));

@@ -355,21 +355,11 @@ std::vector<at::Tensor> roi_align_multilevel_backward_cpu(const at::Tensor& grad
     int64_t output_size, int64_t sampling_ratio, bool aligned, double canonical_box_size, int64_t canonical_level,
     int64_t min_level, bool bin_major, bool channels_last) {
   const RoiAlignOptions opt{output_size, sampling_ratio, aligned, canonical_box_size, canonical_level, min_level, bin_major};
-  check_roi_options(opt, heights.size());
-  check_roi_boxes(boxes, batch_idx);
-  TORCH_CHECK(heights.size() == widths.size(), "heights and widths must have one entry per level, got ",
-      heights.size(), " and ", widths.size());
+  check_roi_backward(grad, boxes, batch_idx, channels, heights, widths, opt);
   TORCH_CHECK(boxes.device().is_cpu() && grad.device().is_cpu(), "grad and boxes must be CPU tensors");
   const int64_t s = output_size, num = boxes.size(0);
-  const auto want = bin_major ? std::vector<int64_t>{num, s * s, channels} : std::vector<int64_t>{num, channels, s, s};
-  TORCH_CHECK(grad.sizes() == at::IntArrayRef(want), "grad must be ", at::IntArrayRef(want), ", got ", grad.sizes());
-  const auto acc_type = at::toOpMathType(grad.scalar_type());
-  std::vector<at::Tensor> acc_maps;  // [B, C, H, W], or channels-last: [B, H, W, C] seen as [B, C, H, W]
-  for (size_t l = 0; l < heights.size(); ++l) {
-    const auto o = grad.options().dtype(acc_type);
-    acc_maps.push_back(channels_last ? at::zeros({batch_size, heights[l], widths[l], channels}, o).permute({0, 3, 1, 2})
-                                     : at::zeros({batch_size, channels, heights[l], widths[l]}, o));
-  }
+  const auto acc_options = grad.options().dtype(at::toOpMathType(grad.scalar_type()));
+  std::vector<at::Tensor> acc_maps = zero_grad_maps(batch_size, channels, heights, widths, acc_options, channels_last);
   if (num > 0 && channels > 0) {
     const at::Tensor boxes_c = boxes.contiguous(), idx_c = batch_idx.contiguous();
     // The channels-last kernel reads one box-bin's channels contiguously: bin-major grad.

@@ -239,21 +239,13 @@ std::vector<at::Tensor> roi_align_multilevel_backward_cuda(const at::Tensor& gra
     int64_t output_size, int64_t sampling_ratio, bool aligned, double canonical_box_size, int64_t canonical_level,
     int64_t min_level, bool bin_major, bool channels_last) {
   const RoiAlignOptions opt{output_size, sampling_ratio, aligned, canonical_box_size, canonical_level, min_level, bin_major};
-  check_roi_options(opt, heights.size());
-  check_roi_boxes(boxes, batch_idx);
-  TORCH_CHECK(heights.size() == widths.size(), "heights and widths must have one entry per level, got ",
-      heights.size(), " and ", widths.size());
+  check_roi_backward(grad, boxes, batch_idx, channels, heights, widths, opt);
   TORCH_CHECK(boxes.is_cuda() && grad.device() == boxes.device(), "grad and boxes must be on one CUDA device");
   const c10::cuda::CUDAGuard guard(boxes.device());
-  const int64_t s = output_size, num = boxes.size(0);
-  const auto want = bin_major ? std::vector<int64_t>{num, s * s, channels} : std::vector<int64_t>{num, channels, s, s};
-  TORCH_CHECK(grad.sizes() == at::IntArrayRef(want), "grad must be ", at::IntArrayRef(want), ", got ", grad.sizes());
-  const auto acc_type = at::toOpMathType(grad.scalar_type());
-  std::vector<at::Tensor> acc_maps;  // channels-last accumulation buffers [B, H, W, C] seen as [B, C, H, W]
-  for (size_t l = 0; l < heights.size(); ++l) {
-    acc_maps.push_back(at::zeros({batch_size, heights[l], widths[l], channels}, grad.options().dtype(acc_type))
-                           .permute({0, 3, 1, 2}));
-  }
+  const int64_t num = boxes.size(0);
+  // Accumulated channels-last whatever the result's layout: the kernel adds along contiguous channels.
+  const auto acc_options = grad.options().dtype(at::toOpMathType(grad.scalar_type()));
+  std::vector<at::Tensor> acc_maps = zero_grad_maps(batch_size, channels, heights, widths, acc_options, true);
   if (num > 0 && channels > 0) {
     const at::Tensor grad_c = grad.contiguous(), boxes_c = boxes.contiguous(), idx_c = batch_idx.contiguous();
     const dim3 block = block_for(channels);
