@@ -2,9 +2,10 @@
 
 Providers: ``torchvision`` (``torchvision.ops.MultiScaleRoIAlign``: roi_align per level plus an index
 scatter, the per-level loop detectron2's ROIPooler also runs), ``diffdet`` (the compiled op on the
-same NCHW maps; it may copy them to channels-last inside), ``diffdet_channels_last`` (the op on maps
-already channels-last, as a model that keeps its FPN outputs channels-last passes them: 6 head stages
-share one copy) and ``reference`` (the plain-PyTorch reference, forward, K <= 500).
+same NCHW maps, which it copies a block of channels at a time into a channels-last scratch),
+``diffdet_channels_last`` (the op on maps already channels-last, as a model that keeps its FPN
+outputs channels-last passes them: 6 head stages share one copy) and ``reference`` (the plain-PyTorch
+reference, forward, K <= 500).
 Modes: ``forward`` and ``backward`` (the gradient w.r.t. the maps, forward not timed).
 Shapes: an 800x1216 input, P2-P5 (strides 4-32), C = 256, float32; K boxes in total over B images
 (K/B each), log-uniform sizes 16-800 pixels, uniform centres.

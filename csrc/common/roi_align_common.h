@@ -92,6 +92,41 @@ DIFFDET_HD acc_t sample_coord(acc_t start, acc_t bin, int p, int i, int grid) {
   return start + static_cast<acc_t>(p) * bin + (static_cast<acc_t>(i) + static_cast<acc_t>(0.5)) * bin / static_cast<acc_t>(grid);
 }
 
+// One axis of a sample's bilinear taps: the pixel below and above the coordinate and their weights.
+// Outside [-1, size] (or on an empty axis) the sample adds nothing: inside is false, every field 0 (in
+// bounds). The test is written !(in range) so NaN coordinates take that branch (torchvision's trick).
+// Inside, the coordinate clamps to [0, size - 1].
+template <typename acc_t>
+struct AxisTap {
+  int64_t low, high;
+  acc_t low_weight, high_weight;
+  bool inside;
+};
+
+template <typename acc_t>
+DIFFDET_HD AxisTap<acc_t> axis_tap(acc_t v, int64_t size) {
+  if (!(v >= static_cast<acc_t>(-1) && v <= static_cast<acc_t>(size)) || size <= 0) {
+    return {0, 0, static_cast<acc_t>(0), static_cast<acc_t>(0), false};
+  }
+  v = v <= static_cast<acc_t>(0) ? static_cast<acc_t>(0) : v;
+  int64_t low = static_cast<int64_t>(v), high;
+  if (low >= size - 1) {
+    high = low = size - 1;
+    v = static_cast<acc_t>(low);
+  } else {
+    high = low + 1;
+  }
+  const acc_t l = v - static_cast<acc_t>(low);
+  return {low, high, static_cast<acc_t>(1) - l, l, true};
+}
+
+// Weight of tap (row weight ry, column weight rx) of a sample, `scale` = 1 / sample count: written once
+// so every kernel rounds it the same way.
+template <typename acc_t>
+DIFFDET_HD acc_t tap_weight(acc_t ry, acc_t rx, acc_t scale) {
+  return ry * rx * scale;
+}
+
 // The four bilinear taps of one sample: element offsets (y * stride_h + x * stride_w) and weights.
 template <typename acc_t>
 struct BilinearTaps {
@@ -99,50 +134,21 @@ struct BilinearTaps {
   acc_t weight[4];
 };
 
-// Taps of the sample at (y, x) on an H x W map, each weight multiplied by `scale` (1 / sample count).
-// Outside [-1, H] x [-1, W] every weight is 0 and every offset 0 (in bounds); the test is written
-// !(in range) so NaN coordinates take that branch (torchvision's trick). Inside, coordinates clamp to
-// [0, H-1] x [0, W-1].
+// Taps of the sample at (y, x) on an H x W map, each weight multiplied by `scale` (1 / sample count),
+// in the order (low row, low col), (low, high), (high, low), (high, high). A sample outside the map
+// (axis_tap) has every weight 0 and every offset 0.
 template <typename acc_t>
 DIFFDET_HD BilinearTaps<acc_t> bilinear_taps(
     acc_t y, acc_t x, int64_t height, int64_t width, int64_t stride_h, int64_t stride_w, acc_t scale) {
+  const AxisTap<acc_t> ty = axis_tap(y, height), tx = axis_tap(x, width);
   BilinearTaps<acc_t> t;
-  if (!(y >= static_cast<acc_t>(-1) && y <= static_cast<acc_t>(height) && x >= static_cast<acc_t>(-1) &&
-        x <= static_cast<acc_t>(width)) ||
-      height <= 0 || width <= 0) {
-    for (int q = 0; q < 4; ++q) {
-      t.offset[q] = 0;
-      t.weight[q] = static_cast<acc_t>(0);
-    }
-    return t;
+  const bool inside = ty.inside && tx.inside;
+  const int64_t rows[2] = {ty.low * stride_h, ty.high * stride_h}, cols[2] = {tx.low * stride_w, tx.high * stride_w};
+  const acc_t wy[2] = {ty.low_weight, ty.high_weight}, wx[2] = {tx.low_weight, tx.high_weight};
+  for (int q = 0; q < 4; ++q) {
+    t.offset[q] = inside ? rows[q / 2] + cols[q % 2] : 0;
+    t.weight[q] = inside ? tap_weight(wy[q / 2], wx[q % 2], scale) : static_cast<acc_t>(0);
   }
-  y = y <= static_cast<acc_t>(0) ? static_cast<acc_t>(0) : y;
-  x = x <= static_cast<acc_t>(0) ? static_cast<acc_t>(0) : x;
-  int64_t y_low = static_cast<int64_t>(y);
-  int64_t x_low = static_cast<int64_t>(x);
-  int64_t y_high, x_high;
-  if (y_low >= height - 1) {
-    y_high = y_low = height - 1;
-    y = static_cast<acc_t>(y_low);
-  } else {
-    y_high = y_low + 1;
-  }
-  if (x_low >= width - 1) {
-    x_high = x_low = width - 1;
-    x = static_cast<acc_t>(x_low);
-  } else {
-    x_high = x_low + 1;
-  }
-  const acc_t ly = y - static_cast<acc_t>(y_low), lx = x - static_cast<acc_t>(x_low);
-  const acc_t hy = static_cast<acc_t>(1) - ly, hx = static_cast<acc_t>(1) - lx;
-  t.weight[0] = hy * hx * scale;
-  t.weight[1] = hy * lx * scale;
-  t.weight[2] = ly * hx * scale;
-  t.weight[3] = ly * lx * scale;
-  t.offset[0] = y_low * stride_h + x_low * stride_w;
-  t.offset[1] = y_low * stride_h + x_high * stride_w;
-  t.offset[2] = y_high * stride_h + x_low * stride_w;
-  t.offset[3] = y_high * stride_h + x_high * stride_w;
   return t;
 }
 

@@ -1,12 +1,17 @@
 // CPU kernels of diffdet::roi_align_multilevel and its backward.
 //
-// Forward: parallel over boxes. Per box, the bilinear taps (offsets and weights, already divided by the
-// sample count) of every sample are computed once (torchvision's PreCalc idea) and reused for every
-// channel. Channels-last maps (channel stride 1) are read with the channel loop innermost, which the
-// compiler vectorises; NCHW maps are converted to channels-last once per call when the taps outnumber
-// the map pixels enough to pay for the copy (kChannelsLastMinTapsPerPixel); otherwise each box copies
-// its region of kTileChannels planes at a time into a small channels-last tile (prefetching the next
-// planes' region), and pools from the tile as from channels-last maps.
+// Samples. A sample's four bilinear taps are products of a row tap and a column tap (axis_tap in
+// roi_align_common.h), so a box keeps size * grid sample rows and columns (BoxSamples) instead of
+// 4 * size^2 * grid^2 taps. Every path sums a bin's taps in one order (sample row, sample column, then
+// the four corners), so every layout gives the same bits. Samples outside the map weigh 0 and are
+// skipped, as torchvision skips them.
+//
+// Forward. Channels-last maps (channel stride 1): parallel over boxes; each box is pooled a block of
+// channels at a time with the block's accumulators in registers, the channel loop innermost and
+// vectorised. Other layouts (NCHW): parallel over (image, block of kPlaneChannels channels); per level
+// the block's planes are copied, over the rectangle that image's boxes on that level sample, into a
+// channels-last scratch (each map element read once per call and in order, however many boxes share
+// it), and each of those boxes is pooled from the scratch as from channels-last maps.
 // Backward: parallel over channels (each thread owns whole channel planes of the gradient, or on
 // channels-last maps a block of channels of every pixel, so no two threads write one element and every
 // element sums its terms in box order): deterministic, race-free. The gradient takes the layout of the
@@ -17,22 +22,29 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "common/roi_align_common.h"
 #include "common/roi_align_host.h"
 
+// The vectorised loops are compiled for AVX2 and for the baseline ISA, and the loader picks one (an
+// ifunc): the build stays portable (no -march) and AVX2 machines get 8-float vectors. Only "avx2" is
+// named, not FMA, so no multiply-add is fused and both versions give the same bits.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__GLIBC__) && !defined(__AVX2__)
+#define DIFFDET_X86_CLONES
+#define DIFFDET_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#include <immintrin.h>
+#else
+#define DIFFDET_VECTOR_CLONES
+#endif
+
 namespace diffdet {
 namespace {
 
-// Convert NCHW maps to channels-last when sampled taps per map pixel reach this. Measured on 2 cores,
-// P2-P5 of an 800x1216 input, C = 256: at K = 1000, B = 4 (2.4 taps/pixel) the prefetching strided
-// path took 127-155 ms and copy + channels-last 250 ms; at K = 4000 (9.7 taps/pixel at B = 4) the copy
-// wins. Callers that pool the same maps several times (6 head stages) should pass channels-last maps:
-// no copy at all.
-constexpr double kChannelsLastMinTapsPerPixel = 4.0;
-// Channels the NCHW forward copies into one channels-last tile (one AVX2 float vector).
-constexpr int64_t kTileChannels = 8;
+// Channels of the NCHW forward's channels-last scratch, and of a channels-last backward chunk.
+constexpr int64_t kPlaneChannels = 16;
 // Least work (channel x tap products) per parallel chunk: a smaller call runs on the calling thread,
 // where waking the pool would cost more than the work.
 constexpr int64_t kMinWorkPerChunk = 1 << 16;
@@ -57,142 +69,248 @@ std::vector<Level<T>> levels_of(const std::vector<at::Tensor>& maps) {
   return out;
 }
 
-// Taps of every sample of one box, bin after bin (taps_per_bin = 4 * grid_h * grid_w each).
+// Sample rows and columns of one box on its level: bin p's samples are rows[p * grid_h ...] and
+// cols[p * grid_w ...].
 template <typename acc_t>
-struct BoxTaps {
-  std::vector<int64_t> offset;
-  std::vector<acc_t> weight;
-  int64_t taps_per_bin = 0;
+struct BoxSamples {
+  std::vector<AxisTap<acc_t>> rows, cols;
+  int size = 0, grid_h = 0, grid_w = 0;
+  acc_t inv_count = 0;
 };
 
-// Level index of box k and its taps on that level (offsets with the level's strides), or -1 when the box
-// pools to zero (undefined level, batch index out of range).
-template <typename scalar_t, typename box_t, typename T>
-int box_taps(const box_t* boxes, const int64_t* batch_idx, int64_t k, int64_t batch, const std::vector<Level<T>>& levels,
-    const RoiAlignOptions& opt, BoxTaps<at::opmath_type<scalar_t>>& taps) {
-  using acc_t = at::opmath_type<scalar_t>;
+// Level index of box k, or -1 when the box pools to zero (undefined level, batch index out of range).
+template <typename box_t>
+int box_level(const box_t* boxes, const int64_t* batch_idx, int64_t k, int64_t batch, int num_levels,
+    const RoiAlignOptions& opt) {
   const box_t* b = boxes + 4 * k;
   const int lvl = assign_level<box_t>(b[0], b[1], b[2], b[3], static_cast<box_t>(opt.canonical_box_size),
-      static_cast<int>(opt.canonical_level), static_cast<int>(opt.min_level), static_cast<int>(levels.size()));
-  if (lvl < 0 || batch_idx[k] < 0 || batch_idx[k] >= batch) {
-    return -1;
-  }
-  const auto& L = levels[lvl];
+      static_cast<int>(opt.canonical_level), static_cast<int>(opt.min_level), num_levels);
+  return lvl < 0 || batch_idx[k] < 0 || batch_idx[k] >= batch ? -1 : lvl;
+}
+
+// Samples of box k on level `lvl`, an H x W map.
+template <typename scalar_t, typename box_t, typename acc_t>
+void box_samples(const box_t* boxes, int64_t k, int lvl, int64_t height, int64_t width, const RoiAlignOptions& opt,
+    BoxSamples<acc_t>& s) {
+  const box_t* b = boxes + 4 * k;
   // detectron2's ROIAlign casts the rois to the features' dtype before sampling.
   auto round = [](box_t v) { return static_cast<acc_t>(static_cast<scalar_t>(v)); };
-  const int size = static_cast<int>(opt.output_size);
+  s.size = static_cast<int>(opt.output_size);
   const auto g = roi_geometry<acc_t>(round(b[0]), round(b[1]), round(b[2]), round(b[3]),
-      static_cast<acc_t>(level_scale(opt.min_level, lvl)), size, static_cast<int>(opt.sampling_ratio), opt.aligned);
-  taps.taps_per_bin = 4 * static_cast<int64_t>(g.grid_h) * g.grid_w;
-  taps.offset.resize(taps.taps_per_bin * size * size);
-  taps.weight.resize(taps.taps_per_bin * size * size);
-  int64_t n = 0;
-  for (int ph = 0; ph < size; ++ph) {
-    for (int pw = 0; pw < size; ++pw) {
-      for (int iy = 0; iy < g.grid_h; ++iy) {
-        const acc_t y = sample_coord(g.start_y, g.bin_h, ph, iy, g.grid_h);
-        for (int ix = 0; ix < g.grid_w; ++ix) {
-          const acc_t x = sample_coord(g.start_x, g.bin_w, pw, ix, g.grid_w);
-          const auto t = bilinear_taps<acc_t>(y, x, L.height, L.width, L.stride_h, L.stride_w, g.inv_count);
-          for (int q = 0; q < 4; ++q, ++n) {
-            taps.offset[n] = t.offset[q];
-            taps.weight[n] = t.weight[q];
+      static_cast<acc_t>(level_scale(opt.min_level, lvl)), s.size, static_cast<int>(opt.sampling_ratio), opt.aligned);
+  s.grid_h = g.grid_h;
+  s.grid_w = g.grid_w;
+  s.inv_count = g.inv_count;
+  s.rows.resize(static_cast<size_t>(s.size) * g.grid_h);
+  s.cols.resize(static_cast<size_t>(s.size) * g.grid_w);
+  for (int p = 0; p < s.size; ++p) {
+    for (int i = 0; i < g.grid_h; ++i) {
+      s.rows[p * g.grid_h + i] = axis_tap(sample_coord(g.start_y, g.bin_h, p, i, g.grid_h), height);
+    }
+    for (int i = 0; i < g.grid_w; ++i) {
+      s.cols[p * g.grid_w + i] = axis_tap(sample_coord(g.start_x, g.bin_w, p, i, g.grid_w), width);
+    }
+  }
+}
+
+// Half-open range of pixels the inside samples of one axis touch (empty: begin == end == 0).
+template <typename acc_t>
+std::pair<int64_t, int64_t> pixel_span(const std::vector<AxisTap<acc_t>>& taps) {
+  int64_t begin = 0, end = 0;
+  for (const auto& t : taps) {
+    if (t.inside) {
+      begin = end == 0 ? t.low : std::min(begin, t.low);
+      end = std::max(end, t.high + 1);
+    }
+  }
+  return {begin, end};
+}
+
+// acc[0, Block) += w * p[0, Block)
+template <int Block, typename scalar_t, typename acc_t>
+inline void add_tap(acc_t* acc, acc_t w, const scalar_t* p) {
+  for (int j = 0; j < Block; ++j) {
+    acc[j] += w * static_cast<acc_t>(p[j]);
+  }
+}
+
+// Pools channels [0, Block) of one box: `base` points at channel 0 of pixel (row0, col0) of a map
+// whose channel stride is 1; output element (bin, c) goes to out[bin * bin_stride + c * chan_stride].
+// The accumulators stay in registers across the box's taps.
+template <int Block, typename scalar_t, typename acc_t>
+DIFFDET_VECTOR_CLONES void pool_channel_block(const scalar_t* base, int64_t stride_h, int64_t stride_w, int64_t row0,
+    int64_t col0, const BoxSamples<acc_t>& s, scalar_t* out, int64_t bin_stride, int64_t chan_stride) {
+  for (int ph = 0; ph < s.size; ++ph) {
+    for (int pw = 0; pw < s.size; ++pw) {
+      acc_t acc[Block] = {};
+      for (int iy = 0; iy < s.grid_h; ++iy) {
+        const AxisTap<acc_t>& r = s.rows[ph * s.grid_h + iy];
+        if (!r.inside) {
+          continue;
+        }
+        for (int ix = 0; ix < s.grid_w; ++ix) {
+          const AxisTap<acc_t>& c = s.cols[pw * s.grid_w + ix];
+          if (!c.inside) {
+            continue;
+          }
+          const scalar_t* low = base + (r.low - row0) * stride_h;
+          const scalar_t* high = base + (r.high - row0) * stride_h;
+          const int64_t left = (c.low - col0) * stride_w, right = (c.high - col0) * stride_w;
+          // Four calls, not a loop over corners: GCC vectorises the channel loop only this way.
+          add_tap<Block>(acc, tap_weight(r.low_weight, c.low_weight, s.inv_count), low + left);
+          add_tap<Block>(acc, tap_weight(r.low_weight, c.high_weight, s.inv_count), low + right);
+          add_tap<Block>(acc, tap_weight(r.high_weight, c.low_weight, s.inv_count), high + left);
+          add_tap<Block>(acc, tap_weight(r.high_weight, c.high_weight, s.inv_count), high + right);
+        }
+      }
+      scalar_t* o = out + (ph * s.size + pw) * bin_stride;
+      for (int j = 0; j < Block; ++j) {
+        o[j * chan_stride] = static_cast<scalar_t>(acc[j]);
+      }
+    }
+  }
+}
+
+// Pools channels [0, channels) of one box (arguments as pool_channel_block), in blocks of 256 bytes
+// of accumulators, then of one vector, then one at a time.
+template <typename scalar_t, typename acc_t>
+void pool_channels(const scalar_t* base, int64_t stride_h, int64_t stride_w, int64_t row0, int64_t col0,
+    const BoxSamples<acc_t>& s, int64_t channels, scalar_t* out, int64_t bin_stride, int64_t chan_stride) {
+  constexpr int kWide = 256 / sizeof(acc_t), kVector = 32 / sizeof(acc_t);
+  int64_t c = 0;
+  for (; c + kWide <= channels; c += kWide) {
+    pool_channel_block<kWide>(base + c, stride_h, stride_w, row0, col0, s, out + c * chan_stride, bin_stride, chan_stride);
+  }
+  for (; c + kVector <= channels; c += kVector) {
+    pool_channel_block<kVector>(base + c, stride_h, stride_w, row0, col0, s, out + c * chan_stride, bin_stride, chan_stride);
+  }
+  for (; c < channels; ++c) {
+    pool_channel_block<1>(base + c, stride_h, stride_w, row0, col0, s, out + c * chan_stride, bin_stride, chan_stride);
+  }
+}
+
+// Copies `channels` (<= kPlaneChannels) planes of a rows x cols window (src: its top-left element of
+// the first plane) into a channels-last scratch [rows][cols][kPlaneChannels].
+template <typename scalar_t>
+DIFFDET_VECTOR_CLONES void copy_planes_elementwise(const scalar_t* src, int64_t stride_c, int64_t stride_h,
+    int64_t stride_w, int64_t channels, int64_t rows, int64_t cols, scalar_t* scratch) {
+  for (int64_t y = 0; y < rows; ++y) {
+    scalar_t* dst = scratch + y * cols * kPlaneChannels;
+    for (int64_t j = 0; j < channels; ++j) {
+      const scalar_t* row = src + j * stride_c + y * stride_h;
+      for (int64_t x = 0; x < cols; ++x) {
+        dst[x * kPlaneChannels + j] = row[x * stride_w];
+      }
+    }
+  }
+}
+
+#ifdef DIFFDET_X86_CLONES
+// float maps with unit column stride, on AVX2 machines: 8 x 8 blocks (8 planes, 8 pixels) transposed
+// in registers, 4x fewer instructions than the element loop, whose stores the vectoriser cannot merge.
+__attribute__((target("avx2"))) void copy_float_planes_avx2(const float* src, int64_t stride_c, int64_t stride_h,
+    int64_t channels, int64_t rows, int64_t cols, float* scratch) {
+  const int64_t full_channels = channels / 8 * 8, full_cols = cols / 8 * 8;
+  for (int64_t y = 0; y < rows; ++y) {
+    float* dst = scratch + y * cols * kPlaneChannels;
+    for (int64_t j0 = 0; j0 < full_channels; j0 += 8) {
+      const float* row = src + j0 * stride_c + y * stride_h;
+      for (int64_t x0 = 0; x0 < full_cols; x0 += 8) {
+        __m256 r[8], t[8];
+        for (int i = 0; i < 8; ++i) {
+          r[i] = _mm256_loadu_ps(row + i * stride_c + x0);
+        }
+        for (int i = 0; i < 8; i += 2) {  // pairs of planes interleaved
+          t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+          t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+        }
+        for (int i = 0; i < 8; i += 4) {  // quadruples: r[i] is pixel (i % 4) of each 128-bit half
+          r[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+          r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+          r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+          r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+        }
+        for (int i = 0; i < 4; ++i) {  // the halves: planes 0-3 from r[i], planes 4-7 from r[i + 4]
+          _mm256_storeu_ps(dst + (x0 + i) * kPlaneChannels + j0, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+          _mm256_storeu_ps(dst + (x0 + i + 4) * kPlaneChannels + j0, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+        }
+      }
+      for (int64_t j = j0; j < j0 + 8; ++j) {
+        for (int64_t x = full_cols; x < cols; ++x) {
+          dst[x * kPlaneChannels + j] = src[j * stride_c + y * stride_h + x];
+        }
+      }
+    }
+    for (int64_t j = full_channels; j < channels; ++j) {
+      for (int64_t x = 0; x < cols; ++x) {
+        dst[x * kPlaneChannels + j] = src[j * stride_c + y * stride_h + x];
+      }
+    }
+  }
+}
+#endif
+
+// copy_planes_elementwise, through copy_float_planes_avx2 where it applies.
+template <typename scalar_t>
+void copy_planes_to_scratch(const scalar_t* src, int64_t stride_c, int64_t stride_h, int64_t stride_w,
+    int64_t channels, int64_t rows, int64_t cols, scalar_t* scratch) {
+#ifdef DIFFDET_X86_CLONES
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    static const bool avx2 = __builtin_cpu_supports("avx2");
+    if (avx2 && stride_w == 1) {
+      copy_float_planes_avx2(src, stride_c, stride_h, channels, rows, cols, scratch);
+      return;
+    }
+  }
+#endif
+  copy_planes_elementwise(src, stride_c, stride_h, stride_w, channels, rows, cols, scratch);
+}
+
+// Boxes of one image on one level (NCHW path) and the rectangle their samples cover.
+struct BoxGroup {
+  std::vector<int64_t> boxes;
+  int64_t row_begin = 0, row_end = 0, col_begin = 0, col_end = 0;  // half-open
+};
+
+// The NCHW path: see the file comment. `groups[b * levels + l]` holds the boxes of image b on level l.
+template <typename scalar_t, typename box_t>
+void pool_through_scratch(const std::vector<Level<const scalar_t>>& levels, const std::vector<BoxGroup>& groups,
+    const box_t* box_ptr, const RoiAlignOptions& opt, int64_t batch, int64_t channels, int64_t bin_stride,
+    int64_t chan_stride, scalar_t* out_ptr) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t num_levels = static_cast<int64_t>(levels.size());
+  const int64_t blocks = (channels + kPlaneChannels - 1) / kPlaneChannels;
+  const int64_t bins = opt.output_size * opt.output_size;
+  at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> scratch;
+    BoxSamples<acc_t> s;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / blocks, c0 = (item % blocks) * kPlaneChannels;
+      const int64_t count = std::min(kPlaneChannels, channels - c0);
+      for (int64_t l = 0; l < num_levels; ++l) {
+        const BoxGroup& g = groups[b * num_levels + l];
+        if (g.boxes.empty()) {
+          continue;
+        }
+        const auto& L = levels[l];
+        const int64_t rows = g.row_end - g.row_begin, cols = g.col_end - g.col_begin;
+        scratch.resize(static_cast<size_t>(std::max<int64_t>(rows * cols, 1) * kPlaneChannels));
+        copy_planes_to_scratch(L.data + b * L.stride_n + c0 * L.stride_c + g.row_begin * L.stride_h + g.col_begin * L.stride_w,
+            L.stride_c, L.stride_h, L.stride_w, count, rows, cols, scratch.data());
+        for (const int64_t k : g.boxes) {
+          box_samples<scalar_t>(box_ptr, k, static_cast<int>(l), L.height, L.width, opt, s);
+          scalar_t* o = out_ptr + k * bins * channels + c0 * chan_stride;
+          if (count == kPlaneChannels) {  // one block: half the per-sample work of two vector blocks
+            pool_channel_block<kPlaneChannels>(scratch.data(), cols * kPlaneChannels, kPlaneChannels, g.row_begin,
+                g.col_begin, s, o, bin_stride, chan_stride);
+          } else {
+            pool_channels(scratch.data(), cols * kPlaneChannels, kPlaneChannels, g.row_begin, g.col_begin, s, count, o,
+                bin_stride, chan_stride);
           }
         }
       }
     }
-  }
-  return lvl;
-}
-
-// Rows and columns a box's taps cover on one channel plane (row-contiguous planes only).
-struct TapRegion {
-  int64_t row_begin = 0, row_end = 0, col_begin = 0, col_end = 0;  // half-open
-  bool empty() const { return row_end <= row_begin || col_end <= col_begin; }
-};
-
-template <typename acc_t>
-TapRegion tap_region(const BoxTaps<acc_t>& taps, int64_t stride_h, int64_t stride_w) {
-  TapRegion r;
-  if (stride_w != 1 || stride_h <= 0) {
-    return r;
-  }
-  bool any = false;
-  for (size_t t = 0; t < taps.offset.size(); ++t) {
-    if (taps.weight[t] == static_cast<acc_t>(0)) {
-      continue;  // adds nothing (samples outside the map tap offset 0 with weight 0)
-    }
-    const int64_t row = taps.offset[t] / stride_h, col = taps.offset[t] % stride_h;
-    r.row_begin = any ? std::min(r.row_begin, row) : row;
-    r.row_end = any ? std::max(r.row_end, row + 1) : row + 1;
-    r.col_begin = any ? std::min(r.col_begin, col) : col;
-    r.col_end = any ? std::max(r.col_end, col + 1) : col + 1;
-    any = true;
-  }
-  return r;
-}
-
-// Ask for the cache lines of a region of a later channel's plane: on NCHW maps each channel's taps hit
-// a few lines in each of many rows, which the hardware prefetcher does not foresee.
-template <typename scalar_t>
-void prefetch_region(const scalar_t* plane, const TapRegion& r, int64_t stride_h) {
-  constexpr int64_t kLine = 64 / sizeof(scalar_t);
-  for (int64_t row = r.row_begin; row < r.row_end; ++row) {
-    const scalar_t* p = plane + row * stride_h;
-    for (int64_t col = r.col_begin; col < r.col_end; col += kLine) {
-      __builtin_prefetch(p + col);
-    }
-    __builtin_prefetch(p + r.col_end - 1);
-  }
-}
-
-// One box on NCHW maps, kTileChannels channels at a time: the box's region of those channel planes is
-// copied into a small channels-last tile (row segments read contiguously), then pooled as on
-// channels-last maps, the channel loop innermost and vectorised. Every output sums its taps in the
-// same order as the other paths, so all layouts give the same bits.
-template <typename scalar_t, typename acc_t>
-void pool_through_tiles(const scalar_t* base, int64_t stride_c, int64_t stride_h, int64_t channels,
-    const BoxTaps<acc_t>& taps, const TapRegion& region, int64_t bins, int64_t bin_stride, int64_t chan_stride,
-    scalar_t* o) {
-  const int64_t rows = region.row_end - region.row_begin, cols = region.col_end - region.col_begin;
-  const int64_t n = taps.taps_per_bin;
-  std::vector<int64_t> tile_offset(taps.offset.size());
-  // Taps of weight 0 (samples outside the map, or on a pixel's row or column) may lie outside the
-  // region: they read the tile's first pixel instead, adding 0 as before (for finite features).
-  for (size_t t = 0; t < taps.offset.size(); ++t) {
-    const int64_t row = taps.offset[t] / stride_h - region.row_begin, col = taps.offset[t] % stride_h - region.col_begin;
-    const bool inside = taps.weight[t] != static_cast<acc_t>(0);
-    tile_offset[t] = inside ? (row * cols + col) * kTileChannels : 0;
-  }
-  std::vector<acc_t> tile(rows * cols * kTileChannels);
-  for (int64_t c0 = 0; c0 < channels; c0 += kTileChannels) {
-    const int64_t count = std::min(kTileChannels, channels - c0);
-    for (int64_t j = 0; j < kTileChannels && c0 + kTileChannels + j < channels; ++j) {
-      prefetch_region(base + (c0 + kTileChannels + j) * stride_c, region, stride_h);
-    }
-    for (int64_t j = 0; j < count; ++j) {
-      const scalar_t* plane = base + (c0 + j) * stride_c + region.row_begin * stride_h + region.col_begin;
-      for (int64_t r = 0; r < rows; ++r) {
-        acc_t* dst = tile.data() + r * cols * kTileChannels + j;
-        for (int64_t x = 0; x < cols; ++x) {
-          dst[x * kTileChannels] = static_cast<acc_t>(plane[r * stride_h + x]);
-        }
-      }
-    }
-    for (int64_t bin = 0; bin < bins; ++bin) {
-      acc_t acc[kTileChannels] = {};
-      for (int64_t t = bin * n; t < (bin + 1) * n; ++t) {
-        const acc_t w = taps.weight[t];
-        const acc_t* p = tile.data() + tile_offset[t];
-        for (int64_t j = 0; j < kTileChannels; ++j) {
-          acc[j] += w * p[j];
-        }
-      }
-      for (int64_t j = 0; j < count; ++j) {
-        o[bin * bin_stride + (c0 + j) * chan_stride] = static_cast<scalar_t>(acc[j]);
-      }
-    }
-  }
+  });
 }
 
 template <typename scalar_t, typename box_t>
@@ -200,6 +318,7 @@ void forward_impl(const std::vector<at::Tensor>& maps, const at::Tensor& boxes, 
     const RoiAlignOptions& opt, at::Tensor& out) {
   using acc_t = at::opmath_type<scalar_t>;
   const auto levels = levels_of<const scalar_t>(maps);
+  const int num_levels = static_cast<int>(levels.size());
   const int64_t num = boxes.size(0), channels = maps[0].size(1), batch = maps[0].size(0);
   const int64_t bins = opt.output_size * opt.output_size;
   const box_t* box_ptr = boxes.data_ptr<box_t>();
@@ -208,59 +327,51 @@ void forward_impl(const std::vector<at::Tensor>& maps, const at::Tensor& boxes, 
   // [K, S*S, C] or [K, C, S*S]: element (bin, c) of box k
   const int64_t bin_stride = opt.bin_major ? channels : 1, chan_stride = opt.bin_major ? 1 : bins;
   const int64_t grid = opt.sampling_ratio > 0 ? opt.sampling_ratio : 2;
+  // Boxes on channels-last levels are pooled here; the others wait for the scratch path.
+  std::vector<int> deferred_level(num, -1);
   at::parallel_for(0, num, grain_for(channels * bins * 4 * grid * grid), [&](int64_t begin, int64_t end) {
-    BoxTaps<acc_t> taps;
-    std::vector<acc_t> acc(channels);
+    BoxSamples<acc_t> s;
     for (int64_t k = begin; k < end; ++k) {
       scalar_t* o = out_ptr + k * bins * channels;
-      const int lvl = box_taps<scalar_t>(box_ptr, idx_ptr, k, batch, levels, opt, taps);
+      const int lvl = box_level(box_ptr, idx_ptr, k, batch, num_levels, opt);
       if (lvl < 0) {
         std::fill(o, o + bins * channels, static_cast<scalar_t>(0));
         continue;
       }
       const auto& L = levels[lvl];
-      const scalar_t* base = L.data + idx_ptr[k] * L.stride_n;
-      const int64_t n = taps.taps_per_bin;
-      if (L.stride_c == 1) {  // channels-last: channel loop innermost, contiguous
-        for (int64_t bin = 0; bin < bins; ++bin) {
-          std::fill(acc.begin(), acc.end(), static_cast<acc_t>(0));
-          for (int64_t t = bin * n; t < (bin + 1) * n; ++t) {
-            const acc_t w = taps.weight[t];
-            const scalar_t* p = base + taps.offset[t];
-            for (int64_t c = 0; c < channels; ++c) {
-              acc[c] += w * static_cast<acc_t>(p[c]);
-            }
-          }
-          for (int64_t c = 0; c < channels; ++c) {
-            o[bin * bin_stride + c * chan_stride] = static_cast<scalar_t>(acc[c]);
-          }
-        }
-      } else if (const TapRegion region = tap_region(taps, L.stride_h, L.stride_w); !region.empty()) {
-        pool_through_tiles(base, L.stride_c, L.stride_h, channels, taps, region, bins, bin_stride, chan_stride, o);
-      } else {  // no tap of weight > 0, or a layout without unit column stride: one channel at a time
-        for (int64_t c = 0; c < channels; ++c) {
-          const scalar_t* plane = base + c * L.stride_c;
-          for (int64_t bin = 0; bin < bins; ++bin) {
-            acc_t a = 0;
-            for (int64_t t = bin * n; t < (bin + 1) * n; ++t) {
-              a += taps.weight[t] * static_cast<acc_t>(plane[taps.offset[t]]);
-            }
-            o[bin * bin_stride + c * chan_stride] = static_cast<scalar_t>(a);
-          }
-        }
+      if (L.stride_c != 1) {
+        deferred_level[k] = lvl;
+        continue;
       }
+      box_samples<scalar_t>(box_ptr, k, lvl, L.height, L.width, opt, s);
+      pool_channels(L.data + idx_ptr[k] * L.stride_n, L.stride_h, L.stride_w, 0, 0, s, channels, o, bin_stride, chan_stride);
     }
   });
-}
-
-// Taps per map pixel of this call (fixed sampling ratio: exact; adaptive: counted as 2 x 2).
-double taps_per_pixel(const at::TensorList features, int64_t num, const RoiAlignOptions& opt) {
-  const int64_t grid = opt.sampling_ratio > 0 ? opt.sampling_ratio : 2;
-  double pixels = 0;
-  for (const auto& f : features) {
-    pixels += static_cast<double>(f.size(0)) * f.size(2) * f.size(3);
+  std::vector<BoxGroup> groups(batch * num_levels);
+  BoxSamples<acc_t> s;
+  bool any = false;
+  for (int64_t k = 0; k < num; ++k) {
+    const int lvl = deferred_level[k];
+    if (lvl < 0) {
+      continue;
+    }
+    BoxGroup& g = groups[idx_ptr[k] * num_levels + lvl];
+    box_samples<scalar_t>(box_ptr, k, lvl, levels[lvl].height, levels[lvl].width, opt, s);
+    const auto [row_begin, row_end] = pixel_span(s.rows);
+    const auto [col_begin, col_end] = pixel_span(s.cols);
+    if (row_end > row_begin && col_end > col_begin) {
+      const bool first = g.row_end == g.row_begin;
+      g.row_begin = first ? row_begin : std::min(g.row_begin, row_begin);
+      g.row_end = std::max(g.row_end, row_end);
+      g.col_begin = first ? col_begin : std::min(g.col_begin, col_begin);
+      g.col_end = std::max(g.col_end, col_end);
+    }
+    g.boxes.push_back(k);
+    any = true;
   }
-  return pixels > 0 ? 4.0 * num * opt.output_size * opt.output_size * grid * grid / pixels : 0.0;
+  if (any) {
+    pool_through_scratch(levels, groups, box_ptr, opt, batch, channels, bin_stride, chan_stride, out_ptr);
+  }
 }
 
 at::Tensor roi_align_multilevel_cpu(const at::TensorList features, const at::Tensor& boxes, const at::Tensor& batch_idx,
@@ -276,11 +387,7 @@ at::Tensor roi_align_multilevel_cpu(const at::TensorList features, const at::Ten
   if (out.numel() == 0) {
     return out;
   }
-  const bool to_channels_last = taps_per_pixel(features, num, opt) >= kChannelsLastMinTapsPerPixel;
-  std::vector<at::Tensor> maps;
-  for (const auto& f : features) {
-    maps.push_back(to_channels_last && f.stride(1) != 1 ? f.contiguous(at::MemoryFormat::ChannelsLast) : f);
-  }
+  const std::vector<at::Tensor> maps(features.begin(), features.end());
   const at::Tensor boxes_c = boxes.contiguous(), idx_c = batch_idx.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "roi_align_multilevel_cpu", [&] {
     if (boxes.scalar_type() == at::kFloat) {
@@ -292,17 +399,80 @@ at::Tensor roi_align_multilevel_cpu(const at::TensorList features, const at::Ten
   return out;
 }
 
-// Channels per parallel chunk of the channels-last backward: a whole number of AVX-512 float vectors.
-constexpr int64_t kChannelBlock = 16;
+// p[c] += w * g[c] for c in [c_begin, c_end)
+template <typename scalar_t, typename acc_t>
+inline void add_scaled(acc_t* p, acc_t w, const scalar_t* g, int64_t c_begin, int64_t c_end) {
+  for (int64_t c = c_begin; c < c_end; ++c) {
+    p[c] += w * static_cast<acc_t>(g[c]);
+  }
+}
+
+// Adds the gradient of one box to channels [c_begin, c_end) of its level's channels-last gradient map
+// (`base`: channel 0 of pixel (0, 0)); grad holds the box's bins, `channels` apart.
+template <typename scalar_t, typename acc_t>
+DIFFDET_VECTOR_CLONES void scatter_channels(acc_t* base, int64_t stride_h, int64_t stride_w, const BoxSamples<acc_t>& s,
+    const scalar_t* grad, int64_t channels, int64_t c_begin, int64_t c_end) {
+  for (int ph = 0; ph < s.size; ++ph) {
+    for (int pw = 0; pw < s.size; ++pw) {
+      const scalar_t* g = grad + (ph * s.size + pw) * channels;
+      for (int iy = 0; iy < s.grid_h; ++iy) {
+        const AxisTap<acc_t>& r = s.rows[ph * s.grid_h + iy];
+        if (!r.inside) {
+          continue;
+        }
+        for (int ix = 0; ix < s.grid_w; ++ix) {
+          const AxisTap<acc_t>& c = s.cols[pw * s.grid_w + ix];
+          if (!c.inside) {
+            continue;
+          }
+          acc_t* low = base + r.low * stride_h;
+          acc_t* high = base + r.high * stride_h;
+          const int64_t left = c.low * stride_w, right = c.high * stride_w;
+          add_scaled(low + left, tap_weight(r.low_weight, c.low_weight, s.inv_count), g, c_begin, c_end);
+          add_scaled(low + right, tap_weight(r.low_weight, c.high_weight, s.inv_count), g, c_begin, c_end);
+          add_scaled(high + left, tap_weight(r.high_weight, c.low_weight, s.inv_count), g, c_begin, c_end);
+          add_scaled(high + right, tap_weight(r.high_weight, c.high_weight, s.inv_count), g, c_begin, c_end);
+        }
+      }
+    }
+  }
+}
+
+// Adds the gradient of one box to one channel plane (`plane`: pixel (0, 0)); grad holds the box's
+// bins of that channel, `bin_stride` apart.
+template <typename scalar_t, typename acc_t>
+void scatter_plane(acc_t* plane, int64_t stride_h, int64_t stride_w, const BoxSamples<acc_t>& s, const scalar_t* grad,
+    int64_t bin_stride) {
+  for (int ph = 0; ph < s.size; ++ph) {
+    for (int pw = 0; pw < s.size; ++pw) {
+      const acc_t g = static_cast<acc_t>(grad[(ph * s.size + pw) * bin_stride]);
+      for (int iy = 0; iy < s.grid_h; ++iy) {
+        const AxisTap<acc_t>& r = s.rows[ph * s.grid_h + iy];
+        for (int ix = 0; r.inside && ix < s.grid_w; ++ix) {
+          const AxisTap<acc_t>& c = s.cols[pw * s.grid_w + ix];
+          if (!c.inside) {
+            continue;
+          }
+          const int64_t rows[2] = {r.low * stride_h, r.high * stride_h}, cols[2] = {c.low * stride_w, c.high * stride_w};
+          const acc_t wy[2] = {r.low_weight, r.high_weight}, wx[2] = {c.low_weight, c.high_weight};
+          for (int q = 0; q < 4; ++q) {
+            plane[rows[q / 2] + cols[q % 2]] += tap_weight(wy[q / 2], wx[q % 2], s.inv_count) * g;
+          }
+        }
+      }
+    }
+  }
+}
 
 // NCHW gradient maps: each chunk owns whole channel planes, grad in the layout bin_major names.
-// Channels-last gradient maps: each chunk owns a block of channels of every pixel, the channel loop
-// innermost and vectorised; grad is bin-major [K, S*S, C] contiguous.
+// Channels-last gradient maps: each chunk owns kPlaneChannels channels of every pixel, the channel
+// loop innermost and vectorised; grad is bin-major [K, S*S, C] contiguous.
 template <typename scalar_t, typename box_t>
 void backward_impl(const at::Tensor& grad, const at::Tensor& boxes, const at::Tensor& batch_idx,
     const std::vector<at::Tensor>& grad_maps, const RoiAlignOptions& opt, bool channels_last) {
   using acc_t = at::opmath_type<scalar_t>;
   const auto levels = levels_of<acc_t>(grad_maps);
+  const int num_levels = static_cast<int>(levels.size());
   const int64_t num = boxes.size(0), channels = grad_maps[0].size(1), batch = grad_maps[0].size(0);
   const int64_t bins = opt.output_size * opt.output_size;
   const box_t* box_ptr = boxes.data_ptr<box_t>();
@@ -310,41 +480,26 @@ void backward_impl(const at::Tensor& grad, const at::Tensor& boxes, const at::Te
   const scalar_t* grad_ptr = grad.data_ptr<scalar_t>();
   const int64_t bin_stride = opt.bin_major ? channels : 1, chan_stride = opt.bin_major ? 1 : bins;
   const int64_t grid = opt.sampling_ratio > 0 ? opt.sampling_ratio : 2;
-  const int64_t block = channels_last ? kChannelBlock : 1;
+  const int64_t block = channels_last ? kPlaneChannels : 1;
   const int64_t chunks = (channels + block - 1) / block;
   at::parallel_for(0, chunks, grain_for(num * bins * 4 * grid * grid * block), [&](int64_t b0, int64_t b1) {
     const int64_t c_begin = b0 * block, c_end = std::min(channels, b1 * block);
-    BoxTaps<acc_t> taps;
+    BoxSamples<acc_t> s;
     for (int64_t k = 0; k < num; ++k) {
-      const int lvl = box_taps<scalar_t>(box_ptr, idx_ptr, k, batch, levels, opt, taps);
+      const int lvl = box_level(box_ptr, idx_ptr, k, batch, num_levels, opt);
       if (lvl < 0) {
         continue;
       }
       const auto& L = levels[lvl];
+      box_samples<scalar_t>(box_ptr, k, lvl, L.height, L.width, opt, s);
       acc_t* base = L.data + idx_ptr[k] * L.stride_n;
-      const int64_t n = taps.taps_per_bin;
       if (channels_last) {
-        for (int64_t bin = 0; bin < bins; ++bin) {
-          const scalar_t* g = grad_ptr + (k * bins + bin) * channels;
-          for (int64_t t = bin * n; t < (bin + 1) * n; ++t) {
-            const acc_t w = taps.weight[t];
-            acc_t* p = base + taps.offset[t];
-            for (int64_t c = c_begin; c < c_end; ++c) {
-              p[c] += w * static_cast<acc_t>(g[c]);
-            }
-          }
-        }
+        scatter_channels(base, L.stride_h, L.stride_w, s, grad_ptr + k * bins * channels, channels, c_begin, c_end);
         continue;
       }
       for (int64_t c = c_begin; c < c_end; ++c) {
-        acc_t* plane = base + c * L.stride_c;
-        const scalar_t* g = grad_ptr + k * bins * channels + c * chan_stride;
-        for (int64_t bin = 0; bin < bins; ++bin) {
-          const acc_t gv = static_cast<acc_t>(g[bin * bin_stride]);
-          for (int64_t t = bin * n; t < (bin + 1) * n; ++t) {
-            plane[taps.offset[t]] += taps.weight[t] * gv;
-          }
-        }
+        scatter_plane(base + c * L.stride_c, L.stride_h, L.stride_w, s, grad_ptr + k * bins * channels + c * chan_stride,
+            bin_stride);
       }
     }
   });

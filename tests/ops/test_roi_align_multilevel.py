@@ -159,11 +159,12 @@ def test_roi_align_multilevel_matches_reference(dtype, atol, rtol, channels_last
 @needs_cpu_kernel
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("num", [10, 400])
-def test_roi_align_multilevel_forward_is_the_same_in_every_layout(dtype, num):
-    """NCHW maps (10 boxes: pooled through channels-last tiles; 400: the maps copied to channels-last),
-    channels-last maps and a strided view (pooled channel by channel) give the same bits; 20 channels
-    make a partial tile."""
-    feats = make_features(channels=20, dtype=dtype)
+@pytest.mark.parametrize("channels", [20, 72])
+def test_roi_align_multilevel_forward_is_the_same_in_every_layout(dtype, num, channels):
+    """NCHW maps (pooled from channels-last scratch blocks of 16 channels), channels-last maps (blocks
+    of 64, 8 and 1 channels) and a strided view (the element-wise scratch copy) give the same bits;
+    20 and 72 channels make partial blocks of every width."""
+    feats = make_features(channels=channels, dtype=dtype)
     boxes, batch_idx = make_boxes(num)
     nchw = roi_align_multilevel(feats, boxes, batch_idx)
     last = roi_align_multilevel(
