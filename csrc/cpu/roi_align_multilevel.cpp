@@ -22,6 +22,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <memory>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -45,6 +47,8 @@ namespace {
 
 // Channels of the NCHW forward's channels-last scratch, and of a channels-last backward chunk.
 constexpr int64_t kPlaneChannels = 16;
+// Pixels of a row the NCHW forward copies to its scratch together, or skips (no box samples them).
+constexpr int64_t kColumnBlock = 8;
 // Least work (channel x tap products) per parallel chunk: a smaller call runs on the calling thread,
 // where waking the pool would cost more than the work.
 constexpr int64_t kMinWorkPerChunk = 1 << 16;
@@ -189,88 +193,151 @@ void pool_channels(const scalar_t* base, int64_t stride_h, int64_t stride_w, int
   }
 }
 
-// Copies `channels` (<= kPlaneChannels) planes of a rows x cols window (src: its top-left element of
-// the first plane) into a channels-last scratch [rows][cols][kPlaneChannels].
+// Copies `channels` (<= kPlaneChannels) planes of one row of pixels (src: pixel 0 of the first plane)
+// into a row of a channels-last scratch (dst: [cols][kPlaneChannels]), the column blocks flagged in
+// `needed` only (kColumnBlock pixels each).
 template <typename scalar_t>
-DIFFDET_VECTOR_CLONES void copy_planes_elementwise(const scalar_t* src, int64_t stride_c, int64_t stride_h,
-    int64_t stride_w, int64_t channels, int64_t rows, int64_t cols, scalar_t* scratch) {
-  for (int64_t y = 0; y < rows; ++y) {
-    scalar_t* dst = scratch + y * cols * kPlaneChannels;
+DIFFDET_VECTOR_CLONES void copy_row_elementwise(const scalar_t* src, int64_t stride_c, int64_t stride_w,
+    int64_t channels, int64_t cols, const uint8_t* needed, scalar_t* dst) {
+  for (int64_t x0 = 0; x0 < cols; x0 += kColumnBlock) {
+    if (!needed[x0 / kColumnBlock]) {
+      continue;
+    }
+    const int64_t x1 = std::min(cols, x0 + kColumnBlock);
     for (int64_t j = 0; j < channels; ++j) {
-      const scalar_t* row = src + j * stride_c + y * stride_h;
-      for (int64_t x = 0; x < cols; ++x) {
-        dst[x * kPlaneChannels + j] = row[x * stride_w];
+      for (int64_t x = x0; x < x1; ++x) {
+        dst[x * kPlaneChannels + j] = src[j * stride_c + x * stride_w];
       }
     }
   }
 }
 
 #ifdef DIFFDET_X86_CLONES
-// float maps with unit column stride, on AVX2 machines: 8 x 8 blocks (8 planes, 8 pixels) transposed
-// in registers, 4x fewer instructions than the element loop, whose stores the vectoriser cannot merge.
-__attribute__((target("avx2"))) void copy_float_planes_avx2(const float* src, int64_t stride_c, int64_t stride_h,
-    int64_t channels, int64_t rows, int64_t cols, float* scratch) {
-  const int64_t full_channels = channels / 8 * 8, full_cols = cols / 8 * 8;
-  for (int64_t y = 0; y < rows; ++y) {
-    float* dst = scratch + y * cols * kPlaneChannels;
-    for (int64_t j0 = 0; j0 < full_channels; j0 += 8) {
-      const float* row = src + j0 * stride_c + y * stride_h;
-      for (int64_t x0 = 0; x0 < full_cols; x0 += 8) {
-        __m256 r[8], t[8];
-        for (int i = 0; i < 8; ++i) {
-          r[i] = _mm256_loadu_ps(row + i * stride_c + x0);
-        }
-        for (int i = 0; i < 8; i += 2) {  // pairs of planes interleaved
-          t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
-          t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
-        }
-        for (int i = 0; i < 8; i += 4) {  // quadruples: r[i] is pixel (i % 4) of each 128-bit half
-          r[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
-          r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
-          r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
-          r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
-        }
-        for (int i = 0; i < 4; ++i) {  // the halves: planes 0-3 from r[i], planes 4-7 from r[i + 4]
-          _mm256_storeu_ps(dst + (x0 + i) * kPlaneChannels + j0, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
-          _mm256_storeu_ps(dst + (x0 + i + 4) * kPlaneChannels + j0, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
-        }
+// copy_row_elementwise for float planes with unit column stride, on AVX2 machines: each full block of
+// 8 pixels x 8 planes is transposed in registers (4x fewer instructions than the element loop, whose
+// strided stores the vectoriser cannot merge).
+static_assert(kColumnBlock == 8, "one 8 x 8 transpose per column block");
+__attribute__((target("avx2"))) void copy_row_avx2(
+    const float* src, int64_t stride_c, int64_t channels, int64_t cols, const uint8_t* needed, float* dst) {
+  for (int64_t x0 = 0; x0 < cols; x0 += kColumnBlock) {
+    if (!needed[x0 / kColumnBlock]) {
+      continue;
+    }
+    const int64_t x1 = std::min(cols, x0 + kColumnBlock);
+    int64_t j0 = 0;
+    for (; x1 - x0 == 8 && j0 + 8 <= channels; j0 += 8) {
+      __m256 r[8], t[8];
+      for (int i = 0; i < 8; ++i) {
+        r[i] = _mm256_loadu_ps(src + (j0 + i) * stride_c + x0);
       }
-      for (int64_t j = j0; j < j0 + 8; ++j) {
-        for (int64_t x = full_cols; x < cols; ++x) {
-          dst[x * kPlaneChannels + j] = src[j * stride_c + y * stride_h + x];
-        }
+      for (int i = 0; i < 8; i += 2) {  // pairs of planes interleaved
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+      }
+      for (int i = 0; i < 8; i += 4) {  // r[i + q]: pixels q and q + 4 of planes i .. i + 3
+        r[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+      }
+      for (int q = 0; q < 4; ++q) {  // 128-bit halves: planes 0-3 from r[q], planes 4-7 from r[q + 4]
+        _mm256_storeu_ps(dst + (x0 + q) * kPlaneChannels + j0, _mm256_permute2f128_ps(r[q], r[q + 4], 0x20));
+        _mm256_storeu_ps(dst + (x0 + q + 4) * kPlaneChannels + j0, _mm256_permute2f128_ps(r[q], r[q + 4], 0x31));
       }
     }
-    for (int64_t j = full_channels; j < channels; ++j) {
-      for (int64_t x = 0; x < cols; ++x) {
-        dst[x * kPlaneChannels + j] = src[j * stride_c + y * stride_h + x];
+    for (int64_t j = j0; j < channels; ++j) {
+      for (int64_t x = x0; x < x1; ++x) {
+        dst[x * kPlaneChannels + j] = src[j * stride_c + x];
       }
     }
   }
 }
 #endif
 
-// copy_planes_elementwise, through copy_float_planes_avx2 where it applies.
+// Copies `channels` planes of a rows x cols window (src: its top-left element of the first plane) into
+// a channels-last scratch [rows][cols][kPlaneChannels], the blocks `needed` flags ([rows][column
+// blocks]) only.
 template <typename scalar_t>
 void copy_planes_to_scratch(const scalar_t* src, int64_t stride_c, int64_t stride_h, int64_t stride_w,
-    int64_t channels, int64_t rows, int64_t cols, scalar_t* scratch) {
+    int64_t channels, int64_t rows, int64_t cols, const uint8_t* needed, scalar_t* scratch) {
+  const int64_t blocks = (cols + kColumnBlock - 1) / kColumnBlock;
+  for (int64_t y = 0; y < rows; ++y) {
+    const scalar_t* row = src + y * stride_h;
+    scalar_t* dst = scratch + y * cols * kPlaneChannels;
 #ifdef DIFFDET_X86_CLONES
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    static const bool avx2 = __builtin_cpu_supports("avx2");
-    if (avx2 && stride_w == 1) {
-      copy_float_planes_avx2(src, stride_c, stride_h, channels, rows, cols, scratch);
-      return;
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      static const bool avx2 = __builtin_cpu_supports("avx2");
+      if (avx2 && stride_w == 1) {
+        copy_row_avx2(row, stride_c, channels, cols, needed + y * blocks, dst);
+        continue;
+      }
     }
-  }
 #endif
-  copy_planes_elementwise(src, stride_c, stride_h, stride_w, channels, rows, cols, scratch);
+    copy_row_elementwise(row, stride_c, stride_w, channels, cols, needed + y * blocks, dst);
+  }
 }
 
-// Boxes of one image on one level (NCHW path) and the rectangle their samples cover.
+// Boxes of one image on one level (NCHW path), the rectangle their samples cover, and which blocks of
+// kColumnBlock pixels of each of its rows they sample: the scratch copy skips the others.
 struct BoxGroup {
   std::vector<int64_t> boxes;
   int64_t row_begin = 0, row_end = 0, col_begin = 0, col_end = 0;  // half-open
+  std::vector<uint8_t> needed;                                    // [rows][column blocks]
 };
+
+// Pixels a box's samples cover: rows and columns, half-open.
+struct PixelRect {
+  int64_t row_begin, row_end, col_begin, col_end;
+  bool empty() const { return row_end <= row_begin || col_end <= col_begin; }
+};
+
+template <typename acc_t>
+PixelRect sampled_rect(const BoxSamples<acc_t>& s) {
+  const auto [row_begin, row_end] = pixel_span(s.rows);
+  const auto [col_begin, col_end] = pixel_span(s.cols);
+  return {row_begin, row_end, col_begin, col_end};
+}
+
+// Groups the boxes k with level_of_box[k] >= 0 by (image, level).
+template <typename scalar_t, typename box_t, typename T>
+std::vector<BoxGroup> group_boxes(const std::vector<int>& level_of_box, const int64_t* batch_idx, const box_t* boxes,
+    const std::vector<Level<T>>& levels, int64_t batch, const RoiAlignOptions& opt) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t num_levels = static_cast<int64_t>(levels.size());
+  std::vector<BoxGroup> groups(batch * num_levels);
+  std::vector<PixelRect> rects(level_of_box.size());
+  BoxSamples<acc_t> s;
+  for (size_t k = 0; k < level_of_box.size(); ++k) {
+    const int lvl = level_of_box[k];
+    if (lvl < 0) {
+      continue;
+    }
+    box_samples<scalar_t>(boxes, k, lvl, levels[lvl].height, levels[lvl].width, opt, s);
+    rects[k] = sampled_rect(s);
+    BoxGroup& g = groups[batch_idx[k] * num_levels + lvl];
+    const PixelRect& r = rects[k];
+    if (!r.empty()) {
+      const bool first = g.row_end == g.row_begin;
+      g.row_begin = first ? r.row_begin : std::min(g.row_begin, r.row_begin);
+      g.row_end = std::max(g.row_end, r.row_end);
+      g.col_begin = first ? r.col_begin : std::min(g.col_begin, r.col_begin);
+      g.col_end = std::max(g.col_end, r.col_end);
+    }
+    g.boxes.push_back(static_cast<int64_t>(k));
+  }
+  for (BoxGroup& g : groups) {
+    const int64_t blocks = (g.col_end - g.col_begin + kColumnBlock - 1) / kColumnBlock;
+    g.needed.assign((g.row_end - g.row_begin) * blocks, 0);
+    for (const int64_t k : g.boxes) {
+      const PixelRect& r = rects[k];
+      for (int64_t y = r.row_begin; !r.empty() && y < r.row_end; ++y) {
+        uint8_t* row = g.needed.data() + (y - g.row_begin) * blocks;
+        std::fill(row + (r.col_begin - g.col_begin) / kColumnBlock, row + (r.col_end - 1 - g.col_begin) / kColumnBlock + 1, 1);
+      }
+    }
+  }
+  return groups;
+}
 
 // The NCHW path: see the file comment. `groups[b * levels + l]` holds the boxes of image b on level l.
 template <typename scalar_t, typename box_t>
@@ -281,8 +348,13 @@ void pool_through_scratch(const std::vector<Level<const scalar_t>>& levels, cons
   const int64_t num_levels = static_cast<int64_t>(levels.size());
   const int64_t blocks = (channels + kPlaneChannels - 1) / kPlaneChannels;
   const int64_t bins = opt.output_size * opt.output_size;
+  int64_t scratch_pixels = 1;
+  for (const BoxGroup& g : groups) {
+    scratch_pixels = std::max(scratch_pixels, (g.row_end - g.row_begin) * (g.col_end - g.col_begin));
+  }
   at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<scalar_t> scratch;
+    // Not zeroed: the pooling reads only what the copy wrote.
+    const std::unique_ptr<scalar_t[]> scratch(new scalar_t[scratch_pixels * kPlaneChannels]);
     BoxSamples<acc_t> s;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / blocks, c0 = (item % blocks) * kPlaneChannels;
@@ -294,17 +366,16 @@ void pool_through_scratch(const std::vector<Level<const scalar_t>>& levels, cons
         }
         const auto& L = levels[l];
         const int64_t rows = g.row_end - g.row_begin, cols = g.col_end - g.col_begin;
-        scratch.resize(static_cast<size_t>(std::max<int64_t>(rows * cols, 1) * kPlaneChannels));
         copy_planes_to_scratch(L.data + b * L.stride_n + c0 * L.stride_c + g.row_begin * L.stride_h + g.col_begin * L.stride_w,
-            L.stride_c, L.stride_h, L.stride_w, count, rows, cols, scratch.data());
+            L.stride_c, L.stride_h, L.stride_w, count, rows, cols, g.needed.data(), scratch.get());
         for (const int64_t k : g.boxes) {
           box_samples<scalar_t>(box_ptr, k, static_cast<int>(l), L.height, L.width, opt, s);
           scalar_t* o = out_ptr + k * bins * channels + c0 * chan_stride;
           if (count == kPlaneChannels) {  // one block: half the per-sample work of two vector blocks
-            pool_channel_block<kPlaneChannels>(scratch.data(), cols * kPlaneChannels, kPlaneChannels, g.row_begin,
+            pool_channel_block<kPlaneChannels>(scratch.get(), cols * kPlaneChannels, kPlaneChannels, g.row_begin,
                 g.col_begin, s, o, bin_stride, chan_stride);
           } else {
-            pool_channels(scratch.data(), cols * kPlaneChannels, kPlaneChannels, g.row_begin, g.col_begin, s, count, o,
+            pool_channels(scratch.get(), cols * kPlaneChannels, kPlaneChannels, g.row_begin, g.col_begin, s, count, o,
                 bin_stride, chan_stride);
           }
         }
@@ -347,29 +418,8 @@ void forward_impl(const std::vector<at::Tensor>& maps, const at::Tensor& boxes, 
       pool_channels(L.data + idx_ptr[k] * L.stride_n, L.stride_h, L.stride_w, 0, 0, s, channels, o, bin_stride, chan_stride);
     }
   });
-  std::vector<BoxGroup> groups(batch * num_levels);
-  BoxSamples<acc_t> s;
-  bool any = false;
-  for (int64_t k = 0; k < num; ++k) {
-    const int lvl = deferred_level[k];
-    if (lvl < 0) {
-      continue;
-    }
-    BoxGroup& g = groups[idx_ptr[k] * num_levels + lvl];
-    box_samples<scalar_t>(box_ptr, k, lvl, levels[lvl].height, levels[lvl].width, opt, s);
-    const auto [row_begin, row_end] = pixel_span(s.rows);
-    const auto [col_begin, col_end] = pixel_span(s.cols);
-    if (row_end > row_begin && col_end > col_begin) {
-      const bool first = g.row_end == g.row_begin;
-      g.row_begin = first ? row_begin : std::min(g.row_begin, row_begin);
-      g.row_end = std::max(g.row_end, row_end);
-      g.col_begin = first ? col_begin : std::min(g.col_begin, col_begin);
-      g.col_end = std::max(g.col_end, col_end);
-    }
-    g.boxes.push_back(k);
-    any = true;
-  }
-  if (any) {
+  if (std::any_of(deferred_level.begin(), deferred_level.end(), [](int lvl) { return lvl >= 0; })) {
+    const auto groups = group_boxes<scalar_t>(deferred_level, idx_ptr, box_ptr, levels, batch, opt);
     pool_through_scratch(levels, groups, box_ptr, opt, batch, channels, bin_stride, chan_stride, out_ptr);
   }
 }
