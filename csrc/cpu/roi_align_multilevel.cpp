@@ -9,13 +9,14 @@
 // Forward. Channels-last maps (channel stride 1): parallel over boxes; each box is pooled a block of
 // channels at a time with the block's accumulators in registers, the channel loop innermost and
 // vectorised. Other layouts (NCHW): parallel over (image, block of kPlaneChannels channels); per level
-// the block's planes are copied, over the rectangle that image's boxes on that level sample, into a
-// channels-last scratch (each map element read once per call and in order, however many boxes share
-// it), and each of those boxes is pooled from the scratch as from channels-last maps.
-// Backward: parallel over channels (each thread owns whole channel planes of the gradient, or on
-// channels-last maps a block of channels of every pixel, so no two threads write one element and every
-// element sums its terms in box order): deterministic, race-free. The gradient takes the layout of the
-// forward's maps; on channels-last maps the channel loop is innermost and vectorised, as in the forward.
+// the blocks of pixels that image's boxes on that level sample are copied from the block's planes into
+// a channels-last scratch (each map element read at most once per call, in order, however many boxes
+// share it), and each of those boxes is pooled from the scratch as from channels-last maps.
+// Backward, the same two ways round: on channels-last maps parallel over blocks of channels, each
+// owning those channels of every pixel; on NCHW maps each (image, channel block) item scatters into a
+// zeroed scratch, then writes it into its planes. No two threads write one element and every element
+// sums its terms in box order from 0: deterministic, race-free, the same bits in both layouts. The
+// gradient takes the layout of the forward's maps.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -285,6 +286,15 @@ struct BoxGroup {
   std::vector<uint8_t> needed;                                    // [rows][column blocks]
 };
 
+// Pixels of the largest rectangle of `groups` (at least 1): the scratch a work item needs.
+inline int64_t largest_rect(const std::vector<BoxGroup>& groups) {
+  int64_t pixels = 1;
+  for (const BoxGroup& g : groups) {
+    pixels = std::max(pixels, (g.row_end - g.row_begin) * (g.col_end - g.col_begin));
+  }
+  return pixels;
+}
+
 // Pixels a box's samples cover: rows and columns, half-open.
 struct PixelRect {
   int64_t row_begin, row_end, col_begin, col_end;
@@ -348,10 +358,7 @@ void pool_through_scratch(const std::vector<Level<const scalar_t>>& levels, cons
   const int64_t num_levels = static_cast<int64_t>(levels.size());
   const int64_t blocks = (channels + kPlaneChannels - 1) / kPlaneChannels;
   const int64_t bins = opt.output_size * opt.output_size;
-  int64_t scratch_pixels = 1;
-  for (const BoxGroup& g : groups) {
-    scratch_pixels = std::max(scratch_pixels, (g.row_end - g.row_begin) * (g.col_end - g.col_begin));
-  }
+  const int64_t scratch_pixels = largest_rect(groups);
   at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
     // Not zeroed: the pooling reads only what the copy wrote.
     const std::unique_ptr<scalar_t[]> scratch(new scalar_t[scratch_pixels * kPlaneChannels]);
@@ -457,11 +464,11 @@ inline void add_scaled(acc_t* p, acc_t w, const scalar_t* g, int64_t c_begin, in
   }
 }
 
-// Adds the gradient of one box to channels [c_begin, c_end) of its level's channels-last gradient map
-// (`base`: channel 0 of pixel (0, 0)); grad holds the box's bins, `channels` apart.
+// Adds the gradient of one box to channels [c_begin, c_end) of a channels-last map (`base`: channel 0 of
+// pixel (row0, col0)); grad holds the box's bins, `channels` apart.
 template <typename scalar_t, typename acc_t>
-DIFFDET_VECTOR_CLONES void scatter_channels(acc_t* base, int64_t stride_h, int64_t stride_w, const BoxSamples<acc_t>& s,
-    const scalar_t* grad, int64_t channels, int64_t c_begin, int64_t c_end) {
+DIFFDET_VECTOR_CLONES void scatter_channels(acc_t* base, int64_t stride_h, int64_t stride_w, int64_t row0, int64_t col0,
+    const BoxSamples<acc_t>& s, const scalar_t* grad, int64_t channels, int64_t c_begin, int64_t c_end) {
   for (int ph = 0; ph < s.size; ++ph) {
     for (int pw = 0; pw < s.size; ++pw) {
       const scalar_t* g = grad + (ph * s.size + pw) * channels;
@@ -475,9 +482,9 @@ DIFFDET_VECTOR_CLONES void scatter_channels(acc_t* base, int64_t stride_h, int64
           if (!c.inside) {
             continue;
           }
-          acc_t* low = base + r.low * stride_h;
-          acc_t* high = base + r.high * stride_h;
-          const int64_t left = c.low * stride_w, right = c.high * stride_w;
+          acc_t* low = base + (r.low - row0) * stride_h;
+          acc_t* high = base + (r.high - row0) * stride_h;
+          const int64_t left = (c.low - col0) * stride_w, right = (c.high - col0) * stride_w;
           add_scaled(low + left, tap_weight(r.low_weight, c.low_weight, s.inv_count), g, c_begin, c_end);
           add_scaled(low + right, tap_weight(r.low_weight, c.high_weight, s.inv_count), g, c_begin, c_end);
           add_scaled(high + left, tap_weight(r.high_weight, c.low_weight, s.inv_count), g, c_begin, c_end);
@@ -488,35 +495,83 @@ DIFFDET_VECTOR_CLONES void scatter_channels(acc_t* base, int64_t stride_h, int64
   }
 }
 
-// Adds the gradient of one box to one channel plane (`plane`: pixel (0, 0)); grad holds the box's
-// bins of that channel, `bin_stride` apart.
-template <typename scalar_t, typename acc_t>
-void scatter_plane(acc_t* plane, int64_t stride_h, int64_t stride_w, const BoxSamples<acc_t>& s, const scalar_t* grad,
-    int64_t bin_stride) {
-  for (int ph = 0; ph < s.size; ++ph) {
-    for (int pw = 0; pw < s.size; ++pw) {
-      const acc_t g = static_cast<acc_t>(grad[(ph * s.size + pw) * bin_stride]);
-      for (int iy = 0; iy < s.grid_h; ++iy) {
-        const AxisTap<acc_t>& r = s.rows[ph * s.grid_h + iy];
-        for (int ix = 0; r.inside && ix < s.grid_w; ++ix) {
-          const AxisTap<acc_t>& c = s.cols[pw * s.grid_w + ix];
-          if (!c.inside) {
-            continue;
-          }
-          const int64_t rows[2] = {r.low * stride_h, r.high * stride_h}, cols[2] = {c.low * stride_w, c.high * stride_w};
-          const acc_t wy[2] = {r.low_weight, r.high_weight}, wx[2] = {c.low_weight, c.high_weight};
-          for (int q = 0; q < 4; ++q) {
-            plane[rows[q / 2] + cols[q % 2]] += tap_weight(wy[q / 2], wx[q % 2], s.inv_count) * g;
-          }
+// Zeroes the column blocks `needed` flags of a channels-last scratch [rows][cols][kPlaneChannels].
+template <typename T>
+void zero_needed_blocks(T* scratch, int64_t rows, int64_t cols, const uint8_t* needed) {
+  const int64_t blocks = (cols + kColumnBlock - 1) / kColumnBlock;
+  for (int64_t y = 0; y < rows; ++y) {
+    for (int64_t x0 = 0; x0 < cols; x0 += kColumnBlock) {
+      if (needed[y * blocks + x0 / kColumnBlock]) {
+        std::fill(scratch + (y * cols + x0) * kPlaneChannels,
+            scratch + (y * cols + std::min(cols, x0 + kColumnBlock)) * kPlaneChannels, static_cast<T>(0));
+      }
+    }
+  }
+}
+
+// Writes `channels` lanes of the needed column blocks of a channels-last scratch [rows][cols]
+// [kPlaneChannels] into planes (dst: the window's top-left element of the first plane): the inverse of
+// copy_planes_to_scratch.
+template <typename T>
+DIFFDET_VECTOR_CLONES void copy_scratch_to_planes(const T* scratch, T* dst, int64_t stride_c, int64_t stride_h,
+    int64_t stride_w, int64_t channels, int64_t rows, int64_t cols, const uint8_t* needed) {
+  const int64_t blocks = (cols + kColumnBlock - 1) / kColumnBlock;
+  for (int64_t y = 0; y < rows; ++y) {
+    for (int64_t x0 = 0; x0 < cols; x0 += kColumnBlock) {
+      if (!needed[y * blocks + x0 / kColumnBlock]) {
+        continue;
+      }
+      const int64_t x1 = std::min(cols, x0 + kColumnBlock);
+      for (int64_t j = 0; j < channels; ++j) {
+        for (int64_t x = x0; x < x1; ++x) {
+          dst[j * stride_c + y * stride_h + x * stride_w] = scratch[(y * cols + x) * kPlaneChannels + j];
         }
       }
     }
   }
 }
 
-// NCHW gradient maps: each chunk owns whole channel planes, grad in the layout bin_major names.
-// Channels-last gradient maps: each chunk owns kPlaneChannels channels of every pixel, the channel
-// loop innermost and vectorised; grad is bin-major [K, S*S, C] contiguous.
+// The NCHW backward: parallel over (image, block of kPlaneChannels channels) as the forward; per level
+// the image's boxes on it scatter into a zeroed channels-last scratch (vectorised over the block's
+// channels), whose sampled column blocks are then written into the block's planes.
+template <typename scalar_t, typename box_t, typename acc_t>
+void scatter_through_scratch(const std::vector<Level<acc_t>>& levels, const std::vector<BoxGroup>& groups,
+    const box_t* box_ptr, const RoiAlignOptions& opt, int64_t batch, int64_t channels, const scalar_t* grad_ptr) {
+  const int64_t num_levels = static_cast<int64_t>(levels.size());
+  const int64_t blocks = (channels + kPlaneChannels - 1) / kPlaneChannels;
+  const int64_t bins = opt.output_size * opt.output_size;
+  const int64_t scratch_pixels = largest_rect(groups);
+  at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
+    const std::unique_ptr<acc_t[]> scratch(new acc_t[scratch_pixels * kPlaneChannels]);
+    BoxSamples<acc_t> s;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / blocks, c0 = (item % blocks) * kPlaneChannels;
+      const int64_t count = std::min(kPlaneChannels, channels - c0);
+      for (int64_t l = 0; l < num_levels; ++l) {
+        const BoxGroup& g = groups[b * num_levels + l];
+        if (g.boxes.empty()) {
+          continue;
+        }
+        const auto& L = levels[l];
+        const int64_t rows = g.row_end - g.row_begin, cols = g.col_end - g.col_begin;
+        zero_needed_blocks(scratch.get(), rows, cols, g.needed.data());
+        for (const int64_t k : g.boxes) {
+          box_samples<scalar_t>(box_ptr, k, static_cast<int>(l), L.height, L.width, opt, s);
+          scatter_channels(scratch.get(), cols * kPlaneChannels, kPlaneChannels, g.row_begin, g.col_begin, s,
+              grad_ptr + k * bins * channels + c0, channels, 0, count);
+        }
+        copy_scratch_to_planes(scratch.get(),
+            L.data + b * L.stride_n + c0 * L.stride_c + g.row_begin * L.stride_h + g.col_begin * L.stride_w, L.stride_c,
+            L.stride_h, L.stride_w, count, rows, cols, g.needed.data());
+      }
+    }
+  });
+}
+
+// grad is bin-major [K, S*S, C] contiguous. Channels-last gradient maps: parallel over blocks of
+// kPlaneChannels channels, each owning those channels of every pixel, the channel loop innermost and
+// vectorised. NCHW maps: scatter_through_scratch. Either way no two threads write one element and
+// every element sums its terms in box order, from 0: deterministic, and the same bits in both layouts.
 template <typename scalar_t, typename box_t>
 void backward_impl(const at::Tensor& grad, const at::Tensor& boxes, const at::Tensor& batch_idx,
     const std::vector<at::Tensor>& grad_maps, const RoiAlignOptions& opt, bool channels_last) {
@@ -528,12 +583,19 @@ void backward_impl(const at::Tensor& grad, const at::Tensor& boxes, const at::Te
   const box_t* box_ptr = boxes.data_ptr<box_t>();
   const int64_t* idx_ptr = batch_idx.data_ptr<int64_t>();
   const scalar_t* grad_ptr = grad.data_ptr<scalar_t>();
-  const int64_t bin_stride = opt.bin_major ? channels : 1, chan_stride = opt.bin_major ? 1 : bins;
+  if (!channels_last) {
+    std::vector<int> level_of_box(num);
+    for (int64_t k = 0; k < num; ++k) {
+      level_of_box[k] = box_level(box_ptr, idx_ptr, k, batch, num_levels, opt);
+    }
+    const auto groups = group_boxes<scalar_t>(level_of_box, idx_ptr, box_ptr, levels, batch, opt);
+    scatter_through_scratch(levels, groups, box_ptr, opt, batch, channels, grad_ptr);
+    return;
+  }
   const int64_t grid = opt.sampling_ratio > 0 ? opt.sampling_ratio : 2;
-  const int64_t block = channels_last ? kPlaneChannels : 1;
-  const int64_t chunks = (channels + block - 1) / block;
-  at::parallel_for(0, chunks, grain_for(num * bins * 4 * grid * grid * block), [&](int64_t b0, int64_t b1) {
-    const int64_t c_begin = b0 * block, c_end = std::min(channels, b1 * block);
+  const int64_t chunks = (channels + kPlaneChannels - 1) / kPlaneChannels;
+  at::parallel_for(0, chunks, grain_for(num * bins * 4 * grid * grid * kPlaneChannels), [&](int64_t b0, int64_t b1) {
+    const int64_t c_begin = b0 * kPlaneChannels, c_end = std::min(channels, b1 * kPlaneChannels);
     BoxSamples<acc_t> s;
     for (int64_t k = 0; k < num; ++k) {
       const int lvl = box_level(box_ptr, idx_ptr, k, batch, num_levels, opt);
@@ -542,15 +604,8 @@ void backward_impl(const at::Tensor& grad, const at::Tensor& boxes, const at::Te
       }
       const auto& L = levels[lvl];
       box_samples<scalar_t>(box_ptr, k, lvl, L.height, L.width, opt, s);
-      acc_t* base = L.data + idx_ptr[k] * L.stride_n;
-      if (channels_last) {
-        scatter_channels(base, L.stride_h, L.stride_w, s, grad_ptr + k * bins * channels, channels, c_begin, c_end);
-        continue;
-      }
-      for (int64_t c = c_begin; c < c_end; ++c) {
-        scatter_plane(base + c * L.stride_c, L.stride_h, L.stride_w, s, grad_ptr + k * bins * channels + c * chan_stride,
-            bin_stride);
-      }
+      scatter_channels(L.data + idx_ptr[k] * L.stride_n, L.stride_h, L.stride_w, 0, 0, s,
+          grad_ptr + k * bins * channels, channels, c_begin, c_end);
     }
   });
 }
@@ -567,8 +622,8 @@ std::vector<at::Tensor> roi_align_multilevel_backward_cpu(const at::Tensor& grad
   std::vector<at::Tensor> acc_maps = zero_grad_maps(batch_size, channels, heights, widths, acc_options, channels_last);
   if (num > 0 && channels > 0) {
     const at::Tensor boxes_c = boxes.contiguous(), idx_c = batch_idx.contiguous();
-    // The channels-last kernel reads one box-bin's channels contiguously: bin-major grad.
-    const at::Tensor grad_c = channels_last && !bin_major
+    // Both kernels read one box-bin's channels contiguously: bin-major grad.
+    const at::Tensor grad_c = !bin_major
         ? grad.reshape({num, channels, s * s}).transpose(1, 2).contiguous()
         : grad.contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_multilevel_backward_cpu", [&] {
