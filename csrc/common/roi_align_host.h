@@ -85,6 +85,16 @@ inline double level_scale(int64_t min_level, int64_t level) {
   return std::ldexp(1.0, -static_cast<int>(min_level + level));
 }
 
+// Calls fn(box_t()) with box_t the boxes' type: float or double, the two check_roi_boxes lets in.
+template <typename Fn>
+void dispatch_box_type(const at::Tensor& boxes, const Fn& fn) {
+  if (boxes.scalar_type() == at::kFloat) {
+    fn(float());
+  } else {
+    fn(double());
+  }
+}
+
 inline at::Tensor empty_pooled(int64_t num, int64_t channels, const RoiAlignOptions& opt, const at::TensorOptions& o) {
   const int64_t s = opt.output_size;
   return opt.bin_major ? at::empty({num, s * s, channels}, o) : at::empty({num, channels, s, s}, o);

@@ -447,11 +447,7 @@ at::Tensor roi_align_multilevel_cpu(const at::TensorList features, const at::Ten
   const std::vector<at::Tensor> maps(features.begin(), features.end());
   const at::Tensor boxes_c = boxes.contiguous(), idx_c = batch_idx.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "roi_align_multilevel_cpu", [&] {
-    if (boxes.scalar_type() == at::kFloat) {
-      forward_impl<scalar_t, float>(maps, boxes_c, idx_c, opt, out);
-    } else {
-      forward_impl<scalar_t, double>(maps, boxes_c, idx_c, opt, out);
-    }
+    dispatch_box_type(boxes, [&](auto box) { forward_impl<scalar_t, decltype(box)>(maps, boxes_c, idx_c, opt, out); });
   });
   return out;
 }
@@ -627,11 +623,9 @@ std::vector<at::Tensor> roi_align_multilevel_backward_cpu(const at::Tensor& grad
         ? grad.reshape({num, channels, s * s}).transpose(1, 2).contiguous()
         : grad.contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_multilevel_backward_cpu", [&] {
-      if (boxes.scalar_type() == at::kFloat) {
-        backward_impl<scalar_t, float>(grad_c, boxes_c, idx_c, acc_maps, opt, channels_last);
-      } else {
-        backward_impl<scalar_t, double>(grad_c, boxes_c, idx_c, acc_maps, opt, channels_last);
-      }
+      dispatch_box_type(boxes, [&](auto box) {
+        backward_impl<scalar_t, decltype(box)>(grad_c, boxes_c, idx_c, acc_maps, opt, channels_last);
+      });
     });
   }
   std::vector<at::Tensor> out;

@@ -222,13 +222,11 @@ at::Tensor roi_align_multilevel_cuda(const at::TensorList features, const at::Te
   const auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "roi_align_multilevel_cuda", [&] {
     const auto levels = level_args<const scalar_t>(maps);
-    if (boxes.scalar_type() == at::kFloat) {
-      forward_kernel<scalar_t, float><<<grid, block, 0, stream>>>(levels, boxes_c.data_ptr<float>(),
+    dispatch_box_type(boxes, [&](auto box) {
+      using box_t = decltype(box);
+      forward_kernel<scalar_t, box_t><<<grid, block, 0, stream>>>(levels, boxes_c.data_ptr<box_t>(),
           idx_c.data_ptr<int64_t>(), batch, channels, kernel_options(opt), out.data_ptr<scalar_t>());
-    } else {
-      forward_kernel<scalar_t, double><<<grid, block, 0, stream>>>(levels, boxes_c.data_ptr<double>(),
-          idx_c.data_ptr<int64_t>(), batch, channels, kernel_options(opt), out.data_ptr<scalar_t>());
-    }
+    });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
@@ -253,13 +251,11 @@ std::vector<at::Tensor> roi_align_multilevel_backward_cuda(const at::Tensor& gra
     const auto stream = at::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_multilevel_backward_cuda", [&] {
       const auto levels = level_args<at::opmath_type<scalar_t>>(acc_maps);
-      if (boxes.scalar_type() == at::kFloat) {
-        backward_kernel<scalar_t, float><<<grid, block, 0, stream>>>(levels, boxes_c.data_ptr<float>(),
+      dispatch_box_type(boxes, [&](auto box) {
+        using box_t = decltype(box);
+        backward_kernel<scalar_t, box_t><<<grid, block, 0, stream>>>(levels, boxes_c.data_ptr<box_t>(),
             idx_c.data_ptr<int64_t>(), batch_size, channels, kernel_options(opt), grad_c.data_ptr<scalar_t>());
-      } else {
-        backward_kernel<scalar_t, double><<<grid, block, 0, stream>>>(levels, boxes_c.data_ptr<double>(),
-            idx_c.data_ptr<int64_t>(), batch_size, channels, kernel_options(opt), grad_c.data_ptr<scalar_t>());
-      }
+      });
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }

@@ -191,17 +191,23 @@ class DDIMSampler:
                     image_whwh,
                     noise[2 * i],
                     noise[2 * i + 1],
-                    alpha=self.alphas[time],
-                    alpha_next=self.alphas[time_next],
-                    eta=self.eta,
-                    scale=self.scale,
-                    renewal_threshold=renewal_threshold,
+                    **self._renewal_options(time, time_next, renewal_threshold),
                 )
             if intermediates is not None:
                 intermediates.append(
                     _record(time, time_next, step_img, step_boxes, logits, pred_boxes, num_kept)
                 )
         return _cat(parts)
+
+    def _renewal_options(self, time: int, time_next: int, renewal_threshold: float) -> dict:
+        """Keyword arguments of ``ddim_renewal_step`` (and its reference) for the step time -> time_next."""
+        return dict(
+            alpha=self.alphas[time],
+            alpha_next=self.alphas[time_next],
+            eta=self.eta,
+            scale=self.scale,
+            renewal_threshold=renewal_threshold,
+        )
 
     def sample_reference(
         self,
@@ -260,11 +266,7 @@ class DDIMSampler:
                     image_whwh,
                     ddim_noise,
                     refill,
-                    alpha=self.alphas[time],
-                    alpha_next=self.alphas[time_next],
-                    eta=self.eta,
-                    scale=self.scale,
-                    renewal_threshold=renewal_threshold,
+                    **self._renewal_options(time, time_next, renewal_threshold),
                 )
             if intermediates is not None:
                 intermediates.append(_record(time, time_next, step_img, boxes, logits, pred_boxes, num_kept))
