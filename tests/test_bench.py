@@ -240,13 +240,23 @@ def test_gpu_suite_keeps_going_after_a_failure_and_exits_nonzero(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
-def test_git_commit_names_the_checkout_and_marks_uncommitted_changes():
+def test_git_commit_names_the_checkout_and_marks_uncommitted_source_changes(tmp_path):
+    """A rewritten results file leaves the commit clean; an edited source file makes it -dirty."""
     from diffdet.benchmark.report import git_commit
 
-    root = Path(__file__).resolve().parents[1]
-    if not (root / ".git").exists():
-        pytest.skip("not a git checkout")
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                           capture_output=True, text=True).stdout.strip()  # fmt: skip
-    assert git_commit() == head.strip() + ("-dirty" if dirty else "")
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    assert git_commit(tmp_path) is None  # not a checkout yet
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "benchmarks" / "results" / "bench.json").write_text("{}")
+    (tmp_path / "op.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True)
+    assert git_commit(tmp_path) == head.stdout.strip()
+    (tmp_path / "benchmarks" / "results" / "bench.json").write_text('{"p50_ms": 1}')
+    assert git_commit(tmp_path) == head.stdout.strip()
+    (tmp_path / "op.py").write_text("x = 2\n")
+    assert git_commit(tmp_path) == head.stdout.strip() + "-dirty"

@@ -22,18 +22,28 @@ def device_name(device: torch.device) -> str:
     return f"CPU {cpu} ({torch.get_num_threads()} threads)"
 
 
-def git_commit() -> str | None:
-    """The source tree's git commit, with ``-dirty`` when tracked files have uncommitted changes; None
-    outside a git checkout (or before the first commit)."""
-    root = Path(__file__).resolve().parents[2]
+# Results files a benchmark run rewrites: changes there do not make the measured source "dirty".
+RESULTS_DIR = "benchmarks/results"
+
+
+def git_commit(root: Path | None = None) -> str | None:
+    """The git commit of the checkout at ``root`` (default: this source tree's), with ``-dirty`` when
+    tracked files outside ``benchmarks/results`` have uncommitted changes; None outside a git
+    checkout (or before the first commit)."""
+    root = root or Path(__file__).resolve().parents[2]
+    head = _git(root, "rev-parse", "HEAD")
+    if head is None:
+        return None
+    exclude = f":(exclude){RESULTS_DIR}"
+    status = _git(root, "status", "--porcelain", "--untracked-files=no", "--", ".", exclude)
+    return head + ("-dirty" if status else "")
+
+
+def _git(root: Path, *args: str) -> str | None:
+    """``git args`` run in ``root``: its stripped stdout, or None when git fails or is missing."""
     try:
         out = subprocess.run(
-            ["git", "describe", "--always", "--abbrev=40", "--dirty", "--exclude=*"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=10,
+            ["git", *args], cwd=root, capture_output=True, text=True, check=False, timeout=10
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
