@@ -48,7 +48,7 @@ namespace {
 
 // Channels of the NCHW forward's channels-last scratch, and of a channels-last backward chunk.
 constexpr int64_t kPlaneChannels = 16;
-// Pixels of a row the NCHW forward copies to its scratch together, or skips (no box samples them).
+// Pixels of a row the NCHW paths move between planes and scratch together, or skip (no box samples them).
 constexpr int64_t kColumnBlock = 8;
 // Least work (channel x tap products) per parallel chunk: a smaller call runs on the calling thread,
 // where waking the pool would cost more than the work.
