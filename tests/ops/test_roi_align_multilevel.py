@@ -162,8 +162,8 @@ def test_roi_align_multilevel_matches_reference(dtype, atol, rtol, channels_last
 @pytest.mark.parametrize("channels", [20, 72])
 def test_roi_align_multilevel_forward_is_the_same_in_every_layout(dtype, num, channels):
     """NCHW maps (pooled from channels-last scratch blocks of 16 channels), channels-last maps (blocks
-    of 64, 8 and 1 channels) and a strided view (the element-wise scratch copy) give the same bits;
-    20 and 72 channels make partial blocks of every width."""
+    of 64, 8 and 1 channels), a strided view (the element-wise scratch copy) and levels of both
+    layouts in one call give the same bits; 20 and 72 channels make partial blocks of every width."""
     feats = make_features(channels=channels, dtype=dtype)
     boxes, batch_idx = make_boxes(num)
     nchw = roi_align_multilevel(feats, boxes, batch_idx)
@@ -174,7 +174,12 @@ def test_roi_align_multilevel_forward_is_the_same_in_every_layout(dtype, num, ch
     for w, f in zip(wide, feats, strict=True):
         w[..., ::2] = f
     strided = roi_align_multilevel([w[..., ::2] for w in wide], boxes, batch_idx)
-    assert torch.equal(nchw, last) and torch.equal(nchw, strided)
+    mixed = roi_align_multilevel(
+        [f.contiguous(memory_format=torch.channels_last) if i % 2 else f for i, f in enumerate(feats)],
+        boxes,
+        batch_idx,
+    )
+    assert torch.equal(nchw, last) and torch.equal(nchw, strided) and torch.equal(nchw, mixed)
 
 
 @needs_cpu_kernel
