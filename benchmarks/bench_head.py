@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffdet.benchmark.timing import Clock, percentile
+from diffdet.benchmark.timing import Clock, percentile, time_calls
 from diffdet.modeling.head import DynamicHead
 
 pytest.importorskip("torchvision")
@@ -65,15 +65,8 @@ def test_bench_head(benchmark, record_result, heads, provider, num):
     benchmark.group = f"head {IMAGE[0]}x{IMAGE[1]} {num} boxes"
 
     def measure() -> tuple[float, float, float]:
-        clock, times = Clock(DEVICE), []
         with torch.no_grad():
-            for i in range(ITERS + 1):
-                start = clock.mark()
-                head(feats, boxes, t)
-                end = clock.mark()
-                clock.sync()
-                if i:  # the first call warms up
-                    times.append(clock.elapsed_ms(start, end))
+            times = time_calls(lambda: head(feats, boxes, t), Clock(DEVICE), warmup=1, iters=ITERS)
         return tuple(percentile(times, q) for q in (50.0, 20.0, 80.0))
 
     if benchmark.disabled:  # smoke run: one call, nothing recorded
