@@ -118,7 +118,7 @@ setup(
     # package, so site-packages never gains a top-level `kernels` or `configs`.
     packages=[*find_packages(include=["diffdet", "diffdet.*"]), "diffdet.kernels", "diffdet.configs"],
     package_dir={"diffdet.kernels": "kernels", "diffdet.configs": "configs"},
-    package_data={"diffdet.configs": ["*.yaml"]},
+    package_data={"diffdet.configs": ["*.yaml"], "diffdet.metadata": ["*.json"]},
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )

@@ -23,8 +23,13 @@ class LossConfig:
         focal_alpha: α of the focal loss and of the matcher's class cost.
         focal_gamma: γ of the focal loss and of the matcher's class cost.
         ota_k: number of top IoUs summed to get each GT's dynamic k (reference OTA_K).
-        use_fed_loss: federated loss (LVIS): mask the focal loss to the GT classes plus sampled
-            negatives. Not supported by diffdet; must stay False.
+        use_fed_loss: federated loss (LVIS, REFERENCE.md §10): mask the focal loss to the GT classes
+            plus negatives sampled by frequency weight. The criterion then carries the weights as
+            its buffer ``fed_loss_cls_weights`` [K] (in the published LVIS checkpoints too).
+        fed_loss_num_classes: classes the federated loss keeps per draw (50, hard-coded in the
+            published code).
+        fed_loss_freq_weight_power: exponent applied to each class's training-image count to get
+            its sampling weight (detectron2's FED_LOSS_FREQ_WEIGHT_POWER, 0.5).
         deep_supervision: add the loss of every earlier head stage (``loss_*_{i}`` terms).
         normalization: ``"global"`` divides by the number of matched queries summed over all
             processes and divided by the world size (what the reference meant to do);
@@ -38,6 +43,8 @@ class LossConfig:
     focal_gamma: float = 2.0
     ota_k: int = 5
     use_fed_loss: bool = False
+    fed_loss_num_classes: int = 50
+    fed_loss_freq_weight_power: float = 0.5
     deep_supervision: bool = True
     normalization: str = "global"  # "global" (all-reduced matched count) | "local" (reference)
 
@@ -48,5 +55,5 @@ class LossConfig:
             )
         if self.ota_k < 1:
             raise ValueError(f"loss ota_k must be >= 1, got {self.ota_k}")
-        if self.use_fed_loss:
-            raise ValueError("loss use_fed_loss=True (federated loss for LVIS) is not supported by diffdet")
+        if self.fed_loss_num_classes < 1:
+            raise ValueError(f"loss fed_loss_num_classes must be >= 1, got {self.fed_loss_num_classes}")

@@ -46,6 +46,24 @@ def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float, gamma: flo
     return loss
 
 
+def default_fed_loss_weights(num_classes: int, cfg: LossConfig) -> Tensor:
+    """Federated-loss class weights without a training annotation file (REFERENCE.md §10).
+
+    For LVIS v1 (1203 classes) these are the shipped per-class training-image counts raised to
+    ``cfg.fed_loss_freq_weight_power``, as detectron2's ``get_fed_loss_cls_weights``; for any other
+    class count, uniform weights.
+
+    Returns:
+        Tensor[K]: float32 sampling weights, in label order.
+    """
+    from diffdet.metadata.lvis import LVIS_V1_NUM_CLASSES, lvis_v1_categories
+
+    if num_classes != LVIS_V1_NUM_CLASSES:
+        return torch.ones(num_classes)
+    counts = torch.tensor([c.image_count for c in lvis_v1_categories()], dtype=torch.float32)
+    return counts**cfg.fed_loss_freq_weight_power
+
+
 class SetCriterion(torch.nn.Module):
     """Weighted focal / L1 / GIoU losses over all head stages.
 
@@ -62,6 +80,9 @@ class SetCriterion(torch.nn.Module):
         self.num_classes = num_classes
         self.matcher = matcher
         self.cfg = cfg
+        if cfg.use_fed_loss:
+            # Persistent, as in the published code: LVIS checkpoints carry it (REFERENCE.md §10).
+            self.register_buffer("fed_loss_cls_weights", default_fed_loss_weights(num_classes, cfg))
 
     def extra_repr(self) -> str:
         c = self.cfg

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from diffdet.losses.config import LossConfig
+from diffdet.metadata.lvis import LVIS_V1_NUM_CLASSES, lvis_v1_categories
 
 COCO_CLASS_NAMES: tuple[str, ...] = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
@@ -33,6 +34,17 @@ COCO_CATEGORY_IDS: tuple[int, ...] = (
 """COCO category id of each contiguous label (for COCO-results files)."""
 
 ENSEMBLES = ("all", "reference")
+
+
+def _default_classes(num_classes: int) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """Class names and dataset ids a model of ``num_classes`` classes gets when its config names none:
+    COCO's for 80, LVIS v1's for 1203, ``class{i}`` / ``i`` otherwise."""
+    if num_classes == len(COCO_CLASS_NAMES):
+        return COCO_CLASS_NAMES, COCO_CATEGORY_IDS
+    if num_classes == LVIS_V1_NUM_CLASSES:
+        categories = lvis_v1_categories()
+        return tuple(c.name for c in categories), tuple(c.id for c in categories)
+    return tuple(f"class{i}" for i in range(num_classes)), tuple(range(num_classes))
 
 
 @dataclass
@@ -70,10 +82,10 @@ class ModelConfig:
         min_size_test: shortest edge after the test-time resize.
         max_size_test: longest-edge cap of the test-time resize.
         size_divisibility: padded batch height and width are multiples of this.
-        class_names: name of each contiguous label; None gives COCO's names when num_classes == 80
-            and "class0", "class1", ... otherwise.
-        category_ids: dataset category id of each label; None gives COCO's ids when num_classes == 80
-            and 0..K-1 otherwise.
+        class_names: name of each contiguous label; None gives COCO's names when num_classes == 80,
+            LVIS v1's when num_classes == 1203, and "class0", "class1", ... otherwise.
+        category_ids: dataset category id of each label; None gives COCO's ids when num_classes == 80,
+            LVIS v1's (1..1203) when num_classes == 1203, and 0..K-1 otherwise.
         loss: weights and matcher settings of the training criterion.
     """
 
@@ -148,13 +160,11 @@ class ModelConfig:
             )
         self.pixel_mean = tuple(float(v) for v in self.pixel_mean)
         self.pixel_std = tuple(float(v) for v in self.pixel_std)
-        coco = self.num_classes == len(COCO_CLASS_NAMES)
+        names, ids = _default_classes(self.num_classes)
         if self.class_names is None:
-            self.class_names = (
-                COCO_CLASS_NAMES if coco else tuple(f"class{i}" for i in range(self.num_classes))
-            )
+            self.class_names = names
         if self.category_ids is None:
-            self.category_ids = COCO_CATEGORY_IDS if coco else tuple(range(self.num_classes))
+            self.category_ids = ids
         self.class_names = tuple(self.class_names)
         self.category_ids = tuple(int(c) for c in self.category_ids)
         for name in ("class_names", "category_ids"):

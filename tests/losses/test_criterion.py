@@ -127,8 +127,19 @@ def test_local_and_global_normalisation_agree_in_one_process():
 def test_config_and_inputs_are_checked():
     with pytest.raises(ValueError, match="normalization"):
         LossConfig(normalization="batch")
-    with pytest.raises(ValueError, match="use_fed_loss"):
-        LossConfig(use_fed_loss=True)
+    with pytest.raises(ValueError, match="fed_loss_num_classes"):
+        LossConfig(fed_loss_num_classes=0)
     outputs, targets = _one_query_case()
     with pytest.raises(ValueError, match="pred_logits must have 4 classes"):
         build_criterion(4, LossConfig())(outputs, targets)
+
+
+def test_fed_loss_weights_buffer_is_lvis_image_counts_to_the_power():
+    """The LVIS criterion carries ``fed_loss_cls_weights`` [1203] = image_count ** 0.5 (REFERENCE.md §10:
+    counts 1..1977, so weights 1..44.46), persistent so that the published LVIS checkpoints load."""
+    criterion = build_criterion(1203, LossConfig(use_fed_loss=True))
+    weights = criterion.state_dict()["fed_loss_cls_weights"]
+    assert weights.shape == (1203,) and weights.dtype == torch.float32
+    assert weights.min().item() == 1.0
+    assert abs(weights.max().item() - 1977**0.5) < 1e-4
+    assert "fed_loss_cls_weights" not in build_criterion(1203, LossConfig()).state_dict()
