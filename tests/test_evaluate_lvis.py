@@ -8,12 +8,17 @@ evaluated images are left out of every mean (the API's −1).
 from __future__ import annotations
 
 import copy
+import importlib.util
+import sys
 
+import numpy as np
 import pytest
 
-pytest.importorskip("lvis")
+from diffdet.evaluate_lvis import LVIS_METRICS, lvis_box_ap, require_lvis
 
-from diffdet.evaluate_lvis import LVIS_METRICS, lvis_box_ap
+needs_lvis = pytest.mark.skipif(
+    importlib.util.find_spec("lvis") is None, reason="the lvis package is missing"
+)
 
 # a: frequent, b: common, c: rare.
 CATEGORIES = [
@@ -50,6 +55,7 @@ def _ap(gt: dict, detections: list[dict]) -> dict[str, float]:
     return lvis_box_ap(gt, detections, [img["id"] for img in gt["images"]])
 
 
+@needs_lvis
 def test_a_perfect_detector_scores_one_everywhere():
     boxes = [(1, 1, SMALL), (1, 2, MEDIUM), (2, 3, LARGE), (2, 1, MEDIUM)]
     gt = _gt([_image(1), _image(2)], boxes)
@@ -59,6 +65,7 @@ def test_a_perfect_detector_scores_one_everywhere():
     assert metrics == pytest.approx(dict.fromkeys(LVIS_METRICS, 1.0))  # precision is tp / (tp + fp + eps)
 
 
+@needs_lvis
 def test_one_missed_object_halves_recall():
     # Two GT of "a", one found: precision 1 at the 51 recall points 0..0.50, then 0 -> AP = 51/101.
     gt = _gt([_image(1), _image(2)], [(1, 1, MEDIUM), (2, 1, MEDIUM)])
@@ -68,6 +75,7 @@ def test_one_missed_object_halves_recall():
     assert metrics["APs"] == metrics["APl"] == metrics["APr"] == metrics["APc"] == -1  # no GT there
 
 
+@needs_lvis
 def test_one_false_positive_above_the_true_one_gives_half():
     # Ranked: FP (0.9), TP (0.5): precision [0, 0.5], interpolated 0.5 at every recall point.
     gt = _gt([_image(1)], [(1, 1, MEDIUM)])
@@ -75,12 +83,14 @@ def test_one_false_positive_above_the_true_one_gives_half():
     assert metrics["AP"] == pytest.approx(0.5)
 
 
+@needs_lvis
 def test_unmatched_detection_of_a_not_exhaustive_category_is_ignored():
     gt = _gt([_image(1, not_exhaustive=[1])], [(1, 1, MEDIUM)])
     metrics = _ap(gt, [_det(1, 1, FAR, 0.9), _det(1, 1, MEDIUM, 0.5)])
     assert metrics["AP"] == pytest.approx(1.0)
 
 
+@needs_lvis
 def test_federated_scoring_counts_negative_categories_only():
     # Image 1 has GT "a" only and lists "b" as verified absent; "c" is unknown there. Image 2 has GT "b".
     gt = _gt([_image(1, neg=[2]), _image(2)], [(1, 1, MEDIUM), (2, 2, MEDIUM)])
@@ -92,6 +102,7 @@ def test_federated_scoring_counts_negative_categories_only():
     assert negative["AP"] == pytest.approx((1.0 + 0.5) / 2)
 
 
+@needs_lvis
 @pytest.mark.parametrize(("others", "expected"), [(299, 1.0), (300, 0.0)])
 def test_only_the_300_best_detections_per_image_count(others, expected):
     gt = _gt([_image(1)], [(1, 1, MEDIUM)])
@@ -100,9 +111,23 @@ def test_only_the_300_best_detections_per_image_count(others, expected):
     assert metrics["AP"] == pytest.approx(expected)
 
 
+@needs_lvis
 def test_no_detections_score_zero_and_inputs_are_kept():
     gt = _gt([_image(1)], [(1, 1, MEDIUM)])
     assert _ap(gt, []) == dict.fromkeys(LVIS_METRICS, 0.0)
     detections = [_det(1, 1, MEDIUM, 0.9)]
     _ap(gt, detections)
     assert detections == [_det(1, 1, MEDIUM, 0.9)]
+
+
+def test_a_missing_lvis_package_is_named_with_its_install_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "lvis", None)  # makes "import lvis" fail
+    with pytest.raises(ImportError, match=r"needs the 'lvis' package.*pip install 'lvis>=0.5.3'"):
+        require_lvis()
+
+
+@needs_lvis
+def test_the_numpy_alias_lvis_needs_exists_only_during_the_evaluation():
+    gt = _gt([_image(1)], [(1, 1, MEDIUM)])
+    _ap(gt, [_det(1, 1, MEDIUM, 0.9)])
+    assert not hasattr(np, "float")

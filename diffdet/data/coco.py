@@ -160,7 +160,8 @@ class CocoDetection(torch.utils.data.Dataset):
 
     Args:
         image_dir (str | PathLike): folder the JSON's ``file_name`` entries are relative to.
-        annotation_file (str | PathLike): instances JSON.
+        annotation_file (str | PathLike): instances JSON, COCO or LVIS format
+            (:mod:`diffdet.data.lvis`; ``is_lvis`` then says so).
         transform (TrainTransform | None): training augmentation (see
             :class:`~diffdet.data.transforms.TrainTransform`), or None for the original images
             (evaluation: the detector applies its own test resize).

@@ -5,6 +5,7 @@ exactly after SIGKILL, ``diffdet eval`` scores LVIS, and bad LVIS files stop wit
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import json
 import math
@@ -32,7 +33,9 @@ COCO128 = next(
 needs_coco128 = pytest.mark.skipif(
     not (COCO128 / "train2017").is_dir(), reason=f"coco128 not found at {COCO128}"
 )
-pytest.importorskip("lvis")
+needs_lvis = pytest.mark.skipif(
+    importlib.util.find_spec("lvis") is None, reason="the lvis package is missing"
+)
 
 NUM_IMAGES = 6
 
@@ -86,6 +89,7 @@ def lvis_overrides(data: dict[str, Path], output_dir: Path, *extra: str, val: bo
 
 
 @needs_coco128
+@needs_lvis
 def test_lvis_r50_trains_with_the_files_fed_loss_weights_and_evaluates_lvis(lvis_data, tmp_path):
     argv = lvis_overrides(lvis_data, tmp_path, "solver.max_iter=3", "test.num_boxes=8", val=True)
     out = io.StringIO()
@@ -117,6 +121,7 @@ def test_repeat_factor_training_resumes_exactly_after_a_kill(lvis_data, tmp_path
 
 
 @needs_coco128
+@needs_lvis
 def test_diffdet_eval_recognises_an_lvis_file(lvis_data, tmp_path):
     torch.manual_seed(0)
     cfg = ModelConfig(
