@@ -15,6 +15,7 @@ import pytest
 import torch
 from trainkit import assert_same_final_checkpoint, kill_after_first_checkpoint, tiny_config
 
+import diffdet
 from diffdet import train
 from diffdet.checkpoint import save_checkpoint
 from diffdet.cli import main as cli_main
@@ -104,6 +105,9 @@ def test_lvis_r50_trains_with_the_files_fed_loss_weights_and_evaluates_lvis(lvis
     final = read_checkpoint(tmp_path / "model_final.pth")
     expected = torch.tensor([image_count(c.id) for c in lvis_v1_categories()], dtype=torch.float32) ** 0.5
     assert torch.equal(final["model"]["criterion.fed_loss_cls_weights"], expected)
+    loaded = diffdet.load(tmp_path / "model_final.pth")  # an LVIS training checkpoint is a usable model
+    assert loaded.category_ids == tuple(range(1, 1204))
+    assert torch.equal(loaded.criterion.fed_loss_cls_weights, expected)
     assert final["data"]["sampler"] == "RepeatFactorTrainingSampler"
     cfg = load_config(tmp_path / "config.yaml")
     assert cfg.model.loss.use_fed_loss and cfg.data.repeat_threshold == 0.001 and cfg.data.crop
