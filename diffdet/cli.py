@@ -49,7 +49,7 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Cal
         lambda args: _lazy("diffdet.detect", "detect_main")(args),
     ),
     "eval": (
-        "COCO box AP of a checkpoint on a COCO-format dataset (pycocotools)",
+        "COCO box AP of a checkpoint on a COCO-format dataset (pycocotools; LVIS files: the LVIS API)",
         lambda parser: _lazy("diffdet.detect", "eval_args")(parser),
         lambda args: _lazy("diffdet.detect", "eval_main")(args),
     ),

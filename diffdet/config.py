@@ -21,6 +21,7 @@ import yaml
 from diffdet.modeling.config import ModelConfig
 
 AMP_MODES = ("none", "bf16", "fp16")
+SAMPLERS = ("TrainingSampler", "RepeatFactorTrainingSampler")
 
 
 @dataclass
@@ -43,6 +44,9 @@ class DataConfig:
         skip_bad: skip unreadable images with a warning instead of stopping.
         max_train_images: use only the first N training images by id (0: all).
         max_val_images: use only the first N evaluation images by id (0: all).
+        sampler: "TrainingSampler" (one permutation per epoch) or "RepeatFactorTrainingSampler"
+            (LVIS: images of rare categories repeated, REFERENCE.md §10).
+        repeat_threshold: category-frequency threshold t of the repeat-factor sampler.
     """
 
     train_images: str = "datasets/coco/train2017"
@@ -60,6 +64,14 @@ class DataConfig:
     skip_bad: bool = False
     max_train_images: int = 0
     max_val_images: int = 0
+    sampler: str = "TrainingSampler"
+    repeat_threshold: float = 0.001
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"data sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if not self.repeat_threshold > 0:
+            raise ValueError(f"data repeat_threshold must be > 0, got {self.repeat_threshold}")
 
 
 @dataclass

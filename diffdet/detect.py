@@ -173,7 +173,8 @@ class _Progress:
 
 def coco_dataset(annotations: str | Path, images: str | Path | None, max_images: int = 0) -> CocoDetection:
     """A COCO-format dataset; without ``images`` the COCO layout is assumed:
-    ``root/annotations/instances_NAME.json`` -> images in ``root/NAME``.
+    ``root/annotations/instances_NAME.json`` -> images in ``root/NAME``, and for LVIS files
+    detectron2's: ``datasets/lvis/lvis_v1_val.json`` -> the COCO root ``datasets/coco``.
 
     Raises:
         InputError: the annotation file is missing or malformed, or the image folder does not exist.
@@ -183,7 +184,9 @@ def coco_dataset(annotations: str | Path, images: str | Path | None, max_images:
     annotations = Path(annotations)
     if not annotations.is_file():
         raise InputError(f"annotation file {annotations} does not exist")
-    if images is None:
+    if images is None and annotations.stem.startswith("lvis"):
+        images = annotations.parent.parent / "coco"  # LVIS images: COCO's train2017/ and val2017/
+    elif images is None:
         images = annotations.parent.parent / annotations.stem.removeprefix("instances_")
     if not Path(images).is_dir():
         raise InputError(f"image folder {images} does not exist (pass --images)")
@@ -225,11 +228,9 @@ def run_eval(
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
-    """The AP table: one row of names, one of values in percent (-1 where a size has no GT)."""
-    from diffdet.evaluate import METRICS
-
-    names = "".join(f"{m:>8}" for m in METRICS)
-    values = "".join(f"{100 * metrics[m]:>8.2f}" if metrics[m] >= 0 else f"{-1:>8}" for m in METRICS)
+    """The AP table: one row of names, one of values in percent (-1 where a size or group has no GT)."""
+    names = "".join(f"{m:>8}" for m in metrics)
+    values = "".join(f"{100 * v:>8.2f}" if v >= 0 else f"{-1:>8}" for v in metrics.values())
     return f"{names}\n{values}"
 
 
@@ -254,7 +255,7 @@ def detect_args(parser: argparse.ArgumentParser) -> None:
 
 def eval_args(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``diffdet eval``."""
-    parser.add_argument("--data", required=True, metavar="JSON", help="COCO instances JSON")
+    parser.add_argument("--data", required=True, metavar="JSON", help="COCO instances JSON or LVIS JSON")
     parser.add_argument("--images", default=None, help="image folder (default: COCO layout beside --data)")
     _inference_args(parser)
     parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
@@ -286,10 +287,22 @@ def detect_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require_lvis() -> None:
+    """Fail before inference, not after it, when the LVIS API is missing."""
+    from diffdet.evaluate_lvis import require_lvis
+
+    try:
+        require_lvis()
+    except ImportError as err:
+        raise InputError(str(err)) from err
+
+
 def eval_main(args: argparse.Namespace) -> int:
     """``diffdet eval``: prints the AP table; returns the exit status (2 on an unusable input)."""
     try:
         dataset = coco_dataset(args.data, args.images, args.max_images)
+        if dataset.is_lvis:
+            _require_lvis()
         model = load_detector(args.weights, pick_device(args.device))
         metrics = run_eval(
             model, dataset, batch_size=args.batch_size, progress=not args.no_progress,
@@ -298,6 +311,6 @@ def eval_main(args: argparse.Namespace) -> int:
     except InputError as err:
         print(f"diffdet eval: error: {err}", file=sys.stderr)
         return USAGE_ERROR
-    print(f"COCO box AP over {len(dataset)} image(s) of {args.data}:")
+    print(f"{'LVIS' if dataset.is_lvis else 'COCO'} box AP over {len(dataset)} image(s) of {args.data}:")
     print(format_metrics(metrics))
     return 0

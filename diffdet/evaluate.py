@@ -1,7 +1,8 @@
-"""COCO box evaluation through pycocotools.
+"""COCO box evaluation through pycocotools (LVIS-format datasets: the LVIS API).
 
 The model runs over a COCO-format dataset; its detections (contiguous labels) are written as a COCO
-results file with the dataset's own category ids and scored with ``COCOeval`` (iouType "bbox").
+results file with the dataset's own category ids and scored with ``COCOeval`` (iouType "bbox"), or
+with :func:`diffdet.evaluate_lvis.lvis_box_ap` when the dataset is LVIS format.
 Under DDP every process evaluates its share of the images and rank 0 scores the union.
 """
 
@@ -84,7 +85,7 @@ def evaluate(
     results_path: str | Path | None = None,
     **inference_kwargs,
 ) -> dict[str, float] | None:
-    """Run ``model`` over ``dataset`` and return its COCO box AP.
+    """Run ``model`` over ``dataset`` and return its COCO box AP (LVIS box AP on LVIS data).
 
     Args:
         model (nn.Module): a detector; in eval mode ``model(images, **inference_kwargs)`` returns
@@ -97,7 +98,8 @@ def evaluate(
         **inference_kwargs: per-call inference knobs passed to the model (``num_boxes``, ``steps``...).
 
     Returns:
-        The metrics of :func:`coco_box_ap` on rank 0; None on other ranks.
+        The metrics of :func:`coco_box_ap` (of :func:`diffdet.evaluate_lvis.lvis_box_ap` when
+        ``dataset.is_lvis``) on rank 0; None on other ranks.
     """
     was_training = model.training
     model.eval()
@@ -117,4 +119,8 @@ def evaluate(
     if results_path is not None:
         Path(results_path).parent.mkdir(parents=True, exist_ok=True)
         Path(results_path).write_text(json.dumps(results))
+    if getattr(dataset, "is_lvis", False):
+        from diffdet.evaluate_lvis import lvis_box_ap
+
+        return lvis_box_ap(dataset.coco.dataset, results, image_ids)
     return coco_box_ap(dataset.coco, results, image_ids)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from diffdet.config import Config, dump_config, load_config
-from diffdet.data.coco import CocoDetection
+from diffdet.data.coco import BadAnnotationError, CocoDetection
 from diffdet.data.transforms import TrainTransform
 from diffdet.engine import distributed as du
 from diffdet.engine.trainer import Trainer
@@ -56,6 +56,16 @@ def with_dataset_classes(cfg: Config, dataset: CocoDetection) -> Config:
     return dataclasses.replace(cfg, model=model)
 
 
+def set_fed_loss_weights(model: torch.nn.Module, train_set: CocoDetection, power: float) -> None:
+    """Give ``model.criterion`` the federated-loss weights of the training annotation file:
+    each category's ``image_count`` (LVIS files have it) or else its number of training images with
+    an annotation of it, raised to ``power`` (REFERENCE.md §10)."""
+    from diffdet.losses.fed_loss import class_image_counts, fed_loss_weights
+
+    counts = class_image_counts(list(train_set.coco.cats.values()), train_set.image_category_ids())
+    model.criterion.set_fed_loss_weights(fed_loss_weights(counts, power))
+
+
 def run(cfg: Config, resume: bool = False, weights: str | None = None) -> dict[str, float] | None:
     """Train (or resume) a detector as ``cfg`` says; returns the final COCO metrics on rank 0.
 
@@ -75,9 +85,15 @@ def run(cfg: Config, resume: bool = False, weights: str | None = None) -> dict[s
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True)
     train_set, val_set = build_datasets(cfg)
+    if val_set is not None and val_set.is_lvis:
+        from diffdet.evaluate_lvis import require_lvis
+
+        require_lvis()  # now, not after training
     cfg = with_dataset_classes(cfg, train_set)
     torch.manual_seed(cfg.train.seed)
     model = build_detector(cfg.model).to(device)
+    if cfg.model.loss.use_fed_loss:
+        set_fed_loss_weights(model, train_set, cfg.model.loss.fed_loss_freq_weight_power)
     if weights and not resume:
         from diffdet.checkpoint import load_backbone_weights
 
@@ -125,9 +141,13 @@ def run_args(args: argparse.Namespace) -> int:
     if args.output_dir:
         overrides.append(f"train.output_dir={args.output_dir}")
     cfg = load_config(_config_path(args.config), overrides)
-    metrics = run(cfg, resume=args.resume, weights=args.weights)
+    try:
+        metrics = run(cfg, resume=args.resume, weights=args.weights)
+    except (BadAnnotationError, FileNotFoundError) as err:  # a bad or missing file: one line naming it
+        print(f"train: error: {err}", file=sys.stderr)
+        return 2
     if metrics is not None:
-        print("COCO box AP: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        print("box AP: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     return 0
 
 

@@ -3,7 +3,9 @@
 - :mod:`diffdet.data.coco`: :class:`CocoDetection` (pycocotools, contiguous labels, crowd handling,
   image decoding with EXIF and mode conversion, clear errors for bad images and annotation files).
 - :mod:`diffdet.data.transforms`: flip, ResizeShortestEdge and the crop branch (training).
+- :mod:`diffdet.data.lvis`: the LVIS-format checks (federated fields, images from ``coco_url``).
 - :mod:`diffdet.data.loader`: the resumable training stream, aspect-ratio grouping, DDP sharding.
+- :mod:`diffdet.data.repeat_factor`: LVIS repeat-factor sampling (factors and index stream).
 - :mod:`diffdet.data.synthetic`: the seeded shapes dataset of the quickstart.
 """
 

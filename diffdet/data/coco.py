@@ -104,7 +104,8 @@ def load_coco(annotation_file: str | os.PathLike) -> COCO:
 
     Raises:
         FileNotFoundError: the file does not exist.
-        BadAnnotationError: the file is not JSON or not COCO detection format; the message names it.
+        BadAnnotationError: the file is not JSON or not COCO detection format (or LVIS format,
+            :mod:`diffdet.data.lvis`, when it has LVIS fields); the message names it.
     """
     path = str(annotation_file)
     if not os.path.isfile(path):
@@ -114,6 +115,10 @@ def load_coco(annotation_file: str | os.PathLike) -> COCO:
             data = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise BadAnnotationError(f"{path}: not valid JSON ({err})") from err
+    from diffdet.data.lvis import is_lvis, validate_lvis  # lvis imports this module
+
+    if is_lvis(data):
+        data = validate_lvis(data, path)
     coco = COCO()
     coco.dataset = _validate(data, path)
     with contextlib.redirect_stdout(io.StringIO()):
@@ -155,7 +160,8 @@ class CocoDetection(torch.utils.data.Dataset):
 
     Args:
         image_dir (str | PathLike): folder the JSON's ``file_name`` entries are relative to.
-        annotation_file (str | PathLike): instances JSON.
+        annotation_file (str | PathLike): instances JSON, COCO or LVIS format
+            (:mod:`diffdet.data.lvis`; ``is_lvis`` then says so).
         transform (TrainTransform | None): training augmentation (see
             :class:`~diffdet.data.transforms.TrainTransform`), or None for the original images
             (evaluation: the detector applies its own test resize).
@@ -177,6 +183,9 @@ class CocoDetection(torch.utils.data.Dataset):
     ) -> None:
         self.image_dir = Path(image_dir)
         self.coco = load_coco(annotation_file)
+        from diffdet.data.lvis import is_lvis
+
+        self.is_lvis = is_lvis(self.coco.dataset)  # LVIS format: scored with the LVIS API
         self.category_ids = sorted(self.coco.cats)
         self.class_names = [self.coco.cats[c].get("name", str(c)) for c in self.category_ids]
         self.label_of = {cat: i for i, cat in enumerate(self.category_ids)}
@@ -200,6 +209,11 @@ class CocoDetection(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def image_category_ids(self) -> list[list[int]]:
+        """Per image (dataset order), the category ids of all its annotations, crowd ones included
+        (what detectron2's dataset dicts hold; repeat factors and class counts are computed from it)."""
+        return [[a["category_id"] for a in self.coco.imgToAnns.get(r.image_id, [])] for r in self.records]
 
     def aspect_groups(self) -> np.ndarray:
         """int64 [N]: 0 for landscape (w ≥ h), 1 for portrait images, from the JSON sizes."""

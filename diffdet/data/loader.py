@@ -6,6 +6,10 @@ is ``(seed, i)``. Process r of W takes the positions i ≡ r (mod W), so W proce
 see exactly the images and augmentations one process sees with batch W·b (without aspect grouping).
 Batches are a pure function of (seed, rank, world size, batch size, grouping), so resuming at batch
 k only replays index arithmetic, never image loading, and continues as an uninterrupted run would.
+
+With repeat factors (LVIS, :mod:`diffdet.data.repeat_factor`) the global image sequence is instead
+the repeat-factor stream of one generator seeded with ``seed``; positions, augmentation seeds,
+sharding and resume work the same way.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
+
+from diffdet.data.repeat_factor import repeat_factor_indices
 
 
 def collate(batch: list[dict]) -> tuple[list[torch.Tensor], list[dict], list[dict]]:
@@ -45,6 +51,9 @@ class TrainBatchSampler(torch.utils.data.Sampler):
         groups (np.ndarray | None): int [N] aspect group of every image; when given, a batch only
             holds images of one group (filled in stream order, as detectron2's grouping does).
         start_batch (int): number of batches already consumed (for resume).
+        repeat_factors (torch.Tensor | None): float32 [N] per-image repeat factors; when given, the
+            global sequence is the repeat-factor stream (detectron2's RepeatFactorTrainingSampler)
+            instead of one permutation per epoch.
     """
 
     def __init__(
@@ -56,6 +65,7 @@ class TrainBatchSampler(torch.utils.data.Sampler):
         world_size: int = 1,
         groups: np.ndarray | None = None,
         start_batch: int = 0,
+        repeat_factors: torch.Tensor | None = None,
     ) -> None:
         if dataset_size < 1:
             raise ValueError(f"dataset_size must be >= 1, got {dataset_size}")
@@ -67,9 +77,17 @@ class TrainBatchSampler(torch.utils.data.Sampler):
         self.rank, self.world_size = rank, world_size
         self.groups = None if groups is None else np.asarray(groups)
         self.start_batch = start_batch
+        if repeat_factors is not None and repeat_factors.shape != (dataset_size,):
+            raise ValueError(f"repeat_factors must be [{dataset_size}], got {tuple(repeat_factors.shape)}")
+        self.repeat_factors = repeat_factors
 
     def _stream(self) -> Iterator[tuple[int, tuple[int, int]]]:
         """This process's share of the global stream, as ``(index, (seed, position))``."""
+        if self.repeat_factors is not None:
+            shared = enumerate(repeat_factor_indices(self.repeat_factors, self.seed))
+            for pos, index in itertools.islice(shared, self.rank, None, self.world_size):
+                yield index, (self.seed, pos)
+            return
         epoch, perm = -1, None
         for pos in itertools.count(self.rank, self.world_size):
             if pos // self.n != epoch:
@@ -104,6 +122,7 @@ def build_train_loader(
     start_batch: int = 0,
     rank: int = 0,
     world_size: int = 1,
+    repeat_factors: torch.Tensor | None = None,
 ) -> torch.utils.data.DataLoader:
     """An infinite training loader yielding ``(images, targets, metas)`` (see :func:`collate`).
 
@@ -116,9 +135,12 @@ def build_train_loader(
         start_batch (int): batches to skip (already consumed before a resume).
         rank (int): this process's rank.
         world_size (int): number of processes.
+        repeat_factors (torch.Tensor | None): per-image repeat factors for repeat-factor sampling.
     """
     groups = dataset.aspect_groups() if aspect_ratio_grouping else None
-    sampler = TrainBatchSampler(len(dataset), batch_size, seed, rank, world_size, groups, start_batch)
+    sampler = TrainBatchSampler(
+        len(dataset), batch_size, seed, rank, world_size, groups, start_batch, repeat_factors
+    )
     return torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,

@@ -24,6 +24,7 @@ from diffdet.checkpoint.model_io import model_payload
 from diffdet.config import Config, to_dict
 from diffdet.data.coco import CocoDetection
 from diffdet.data.loader import build_train_loader
+from diffdet.data.repeat_factor import repeat_factors_from_category_frequency
 from diffdet.engine import distributed as du
 from diffdet.engine.ema import ModelEMA
 from diffdet.engine.metrics import MetricsLog, Progress
@@ -95,6 +96,21 @@ class Trainer:
         self.last_eval: dict[str, float] | None = None
 
     # -- checkpoints -------------------------------------------------------------------------------
+    def _data_state(self) -> dict:
+        """What fixes the data stream; a resume must find the same (checked in :meth:`resume`)."""
+        state = {"seed": self.cfg.train.seed, "world_size": self.world_size, "micro_batch": self.micro_batch}
+        if self.cfg.data.sampler != "TrainingSampler":  # absent for the default: older checkpoints resume
+            state.update(sampler=self.cfg.data.sampler, repeat_threshold=self.cfg.data.repeat_threshold)
+        return state
+
+    def repeat_factors(self) -> torch.Tensor | None:
+        """Per-image repeat factors of the training set with the repeat-factor sampler, else None."""
+        if self.cfg.data.sampler != "RepeatFactorTrainingSampler":
+            return None
+        return repeat_factors_from_category_frequency(
+            self.train_set.image_category_ids(), self.cfg.data.repeat_threshold
+        )
+
     def state(self) -> dict:
         """Everything a resume needs (collective: every process must call it)."""
         rng = du.all_gather_objects(capture_rng())
@@ -105,11 +121,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "ema": self.ema.state_dict() if self.ema else None,
             "iteration": self.iteration,
-            "data": {
-                "seed": self.cfg.train.seed,
-                "world_size": self.world_size,
-                "micro_batch": self.micro_batch,
-            },
+            "data": self._data_state(),
             "rng": rng,
             "config": to_dict(self.cfg),
         }
@@ -134,11 +146,7 @@ class Trainer:
             return False
         payload = read_checkpoint(path)
         data = payload["data"]
-        expected = {
-            "seed": self.cfg.train.seed,
-            "world_size": self.world_size,
-            "micro_batch": self.micro_batch,
-        }
+        expected = self._data_state()
         if data != expected:
             raise ValueError(f"cannot resume {path}: it was written with {data}, this run has {expected}")
         self.model.load_state_dict(payload["model"])
@@ -224,6 +232,7 @@ class Trainer:
             start_batch=self.iteration * accum,
             rank=self.rank,
             world_size=self.world_size,
+            repeat_factors=self.repeat_factors(),
         )
         batches = iter(loader)
         self.model.train()

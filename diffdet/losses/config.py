@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 NORMALIZATIONS = ("global", "local")
+FED_LOSS_RULES = ("published", "corrected")
 
 
 @dataclass
@@ -30,6 +31,8 @@ class LossConfig:
             published code).
         fed_loss_freq_weight_power: exponent applied to each class's training-image count to get
             its sampling weight (detectron2's FED_LOSS_FREQ_WEIGHT_POWER, 0.5).
+        fed_loss_rule: ``"published"`` keeps ``fed_loss_num_classes`` classes counting "no object",
+            so 49 real classes (the published quirk); ``"corrected"`` keeps 50 real classes.
         deep_supervision: add the loss of every earlier head stage (``loss_*_{i}`` terms).
         normalization: ``"global"`` divides by the number of matched queries summed over all
             processes and divided by the world size (what the reference meant to do);
@@ -45,6 +48,7 @@ class LossConfig:
     use_fed_loss: bool = False
     fed_loss_num_classes: int = 50
     fed_loss_freq_weight_power: float = 0.5
+    fed_loss_rule: str = "published"  # "published" (49 real classes) | "corrected" (50)
     deep_supervision: bool = True
     normalization: str = "global"  # "global" (all-reduced matched count) | "local" (reference)
 
@@ -55,5 +59,9 @@ class LossConfig:
             )
         if self.ota_k < 1:
             raise ValueError(f"loss ota_k must be >= 1, got {self.ota_k}")
+        if self.fed_loss_rule not in FED_LOSS_RULES:
+            raise ValueError(
+                f"loss fed_loss_rule must be one of {FED_LOSS_RULES}, got {self.fed_loss_rule!r}"
+            )
         if self.fed_loss_num_classes < 1:
             raise ValueError(f"loss fed_loss_num_classes must be >= 1, got {self.fed_loss_num_classes}")

@@ -11,6 +11,9 @@ each multiplied by its weight (2, 5, 2 by default). N is the number of matched q
 with ``normalization="local"`` this process's count (what the reference does: its all-reduced GT
 count is overwritten), with ``"global"`` the count summed over all processes and divided by the world
 size, so that DDP's gradient averaging gives the gradient of the loss on the global batch.
+
+With ``use_fed_loss`` (LVIS) the focal term of each stage is masked to the classes
+:func:`~diffdet.losses.fed_loss.fed_loss_classes` keeps (one draw per stage, REFERENCE.md §10).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from diffdet.losses.config import LossConfig
+from diffdet.losses.fed_loss import fed_loss_classes, fed_loss_mask, fed_loss_weights
 from diffdet.losses.matcher import DynamicKMatcher
 from diffdet.modeling.box_ops import generalized_box_iou
 
@@ -61,7 +65,7 @@ def default_fed_loss_weights(num_classes: int, cfg: LossConfig) -> Tensor:
     if num_classes != LVIS_V1_NUM_CLASSES:
         return torch.ones(num_classes)
     counts = torch.tensor([c.image_count for c in lvis_v1_categories()], dtype=torch.float32)
-    return counts**cfg.fed_loss_freq_weight_power
+    return fed_loss_weights(counts, cfg.fed_loss_freq_weight_power)
 
 
 class SetCriterion(torch.nn.Module):
@@ -82,7 +86,23 @@ class SetCriterion(torch.nn.Module):
         self.cfg = cfg
         if cfg.use_fed_loss:
             # Persistent, as in the published code: LVIS checkpoints carry it (REFERENCE.md §10).
+            # The trainer overwrites it with the training file's weights (set_fed_loss_weights).
             self.register_buffer("fed_loss_cls_weights", default_fed_loss_weights(num_classes, cfg))
+
+    def set_fed_loss_weights(self, weights: Tensor) -> None:
+        """Replace the federated-loss class weights (e.g. by those of the training annotation file).
+
+        Args:
+            weights (Tensor[K]): non-negative sampling weight of every class, label order.
+
+        Raises:
+            ValueError: the criterion has no federated loss, or ``weights`` is not [K].
+        """
+        if not self.cfg.use_fed_loss:
+            raise ValueError("set_fed_loss_weights needs loss.use_fed_loss=true")
+        if weights.shape != (self.num_classes,):
+            raise ValueError(f"weights must be [{self.num_classes}], got {tuple(weights.shape)}")
+        self.fed_loss_cls_weights.copy_(weights)
 
     def extra_repr(self) -> str:
         c = self.cfg
@@ -110,6 +130,10 @@ class SetCriterion(torch.nn.Module):
         logits = outputs["pred_logits"].float()  # [B, P, K]
         boxes = outputs["pred_boxes"].float()  # [B, P, 4]
         onehot = torch.zeros_like(logits)
+        # Target class per query, K ("no object") when unmatched: what the federated loss draws from.
+        target_classes = torch.full(
+            logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device
+        )
         pred, pred_norm, gt, gt_norm = [], [], [], []
         for b, ((selected, gt_index), target) in enumerate(zip(matches, targets, strict=True)):
             if gt_index.numel() == 0:
@@ -117,12 +141,20 @@ class SetCriterion(torch.nn.Module):
             whwh = target["image_size_xyxy"].to(boxes)
             gt_xyxy = target["boxes_xyxy"].to(boxes)[gt_index]  # [M, 4]
             onehot[b, selected, target["labels"][gt_index]] = 1
+            target_classes[b, selected] = target["labels"][gt_index]
             pred.append(boxes[b, selected])
             pred_norm.append(boxes[b, selected] / whwh)
             gt.append(gt_xyxy)
             gt_norm.append(gt_xyxy / whwh)
         c = self.cfg
-        loss_ce = sigmoid_focal_loss(logits, onehot, c.focal_alpha, c.focal_gamma).sum() / num
+        loss_ce = sigmoid_focal_loss(logits, onehot, c.focal_alpha, c.focal_gamma)
+        if c.use_fed_loss:  # one draw per stage over the whole local batch (REFERENCE.md §10)
+            kept = fed_loss_classes(
+                target_classes.flatten(), c.fed_loss_num_classes, self.num_classes,
+                self.fed_loss_cls_weights, c.fed_loss_rule,
+            )  # fmt: skip
+            loss_ce = loss_ce * fed_loss_mask(kept, self.num_classes)
+        loss_ce = loss_ce.sum() / num
         if not pred:
             zero = boxes.sum() * 0  # keeps every box output in the graph (DDP needs used parameters)
             return {"loss_ce": loss_ce, "loss_bbox": zero, "loss_giou": zero}

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
-from trainkit import NaNAfter, ToyDetector, tiny_config
+from trainkit import (
+    NaNAfter,
+    ToyDetector,
+    assert_same_final_checkpoint,
+    kill_after_first_checkpoint,
+    tiny_config,
+)
 
 from diffdet import train
 from diffdet.engine.optim import lr_factor
@@ -43,33 +44,12 @@ def test_resume_after_a_kill_equals_the_uninterrupted_run(tiny_data, tmp_path):
 
     killed_dir = tmp_path / "killed"
     _, overrides = tiny_config(tiny_data, killed_dir, *steps)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "diffdet.train", *overrides],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
-    deadline = time.monotonic() + 180
-    while last_checkpoint(killed_dir) is None and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    interrupted_at = read_checkpoint(last_checkpoint(killed_dir))["iteration"]
+    interrupted_at = kill_after_first_checkpoint(overrides, killed_dir)
     assert interrupted_at < 6, "the run finished before it could be killed"
 
     cfg, _ = tiny_config(tiny_data, killed_dir, *steps)
     train.run(cfg, resume=True)
-    straight = read_checkpoint(tmp_path / "straight" / "model_final.pth")
-    resumed = read_checkpoint(killed_dir / "model_final.pth")
-    assert resumed["iteration"] == straight["iteration"] == 6
-    for name, value in straight["model"].items():
-        assert torch.equal(value, resumed["model"][name]), name
-    for a, b in zip(
-        straight["optimizer"]["state"].values(), resumed["optimizer"]["state"].values(), strict=True
-    ):
-        assert torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
-    assert torch.equal(straight["rng"][0]["torch"], resumed["rng"][0]["torch"])
+    assert_same_final_checkpoint(tmp_path / "straight", killed_dir, iterations=6)
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tiny_data, tmp_path):

@@ -7,12 +7,18 @@ diffusion noise and no batch statistics, so DDP and single-process runs can be c
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from diffdet.config import Config, load_config
+from diffdet.engine.state import last_checkpoint, read_checkpoint
 from diffdet.losses import LossConfig, build_criterion
 from diffdet.modeling.box_ops import box_cxcywh_to_xyxy
 
@@ -57,6 +63,39 @@ def tiny_config(
         *extra,
     ]
     return load_config(None, overrides), overrides
+
+
+def kill_after_first_checkpoint(argv: list[str], output_dir: Path, timeout_s: float = 180) -> int:
+    """Run ``python -m diffdet.train *argv`` (one thread), SIGKILL it as soon as ``output_dir`` has a
+    checkpoint, and return that checkpoint's iteration."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "diffdet.train", *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    deadline = time.monotonic() + timeout_s
+    while last_checkpoint(output_dir) is None and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return read_checkpoint(last_checkpoint(output_dir))["iteration"]
+
+
+def assert_same_final_checkpoint(straight_dir: Path, resumed_dir: Path, iterations: int) -> None:
+    """The final checkpoints of two runs hold the same iteration, weights (buffers included), AdamW
+    state and RNG state, bit for bit."""
+    straight = read_checkpoint(straight_dir / "model_final.pth")
+    resumed = read_checkpoint(resumed_dir / "model_final.pth")
+    assert resumed["iteration"] == straight["iteration"] == iterations
+    for name, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][name]), name
+    for a, b in zip(
+        straight["optimizer"]["state"].values(), resumed["optimizer"]["state"].values(), strict=True
+    ):
+        assert torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
+    assert torch.equal(straight["rng"][0]["torch"], resumed["rng"][0]["torch"])
 
 
 class ToyDetector(nn.Module):
