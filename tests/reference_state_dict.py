@@ -248,3 +248,38 @@ def make_reference_state_dict(
         else:  # uniform in [-0.05, 0.05): cheaper to draw than normal values, as distinct
             state[key] = (torch.rand(shape, generator=gen) - 0.5) * 0.1
     return state
+
+
+def materialize(state: OrderedDict, seed: int = 0, pool: int = 1 << 24) -> OrderedDict:
+    """Give a "meta" state_dict (see :func:`make_reference_state_dict`) cheap random values.
+
+    Every floating tensor becomes a view into one shared random pool at its own offset, so tensors of
+    the same shape still hold different values, but the whole state costs one pool to draw and to save
+    (``torch.save`` writes a shared storage once): a Swin-B state_dict saves as 64 MiB instead of 700.
+    The diffusion buffers get the reference schedule, index buffers their formula; every other value
+    is uniform in [0, 1) (so running_var and the federated-loss weights are non-negative).
+
+    Args:
+        state: key -> tensor on "meta" (shapes and dtypes).
+        seed: seed of the pool.
+        pool: number of float32 values in the pool (at least the largest tensor).
+
+    Returns:
+        OrderedDict with the same keys, shapes and dtypes, on the CPU.
+    """
+    values = torch.rand(pool, generator=torch.Generator().manual_seed(seed))
+    buffers = reference_diffusion_buffers()
+    out: OrderedDict[str, torch.Tensor] = OrderedDict()
+    offset = 0
+    for key, meta in state.items():
+        if key in buffers:
+            out[key] = buffers[key]
+        elif key.endswith("relative_position_index"):
+            out[key] = reference_relative_position_index(round(meta.shape[0] ** 0.5))
+        else:
+            n = meta.numel()
+            if n > pool:
+                raise ValueError(f"pool ({pool}) must hold the largest tensor, {key} has {n}")
+            offset = (offset + 7919) % (pool - n + 1)
+            out[key] = values[offset : offset + n].view(meta.shape)
+    return out

@@ -91,7 +91,7 @@ class WindowAttention(nn.Module):
         self.register_buffer("relative_position_index", relative_position_index(window))
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
-        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02, a=-2.0, b=2.0)
+        _trunc_normal(self.relative_position_bias_table)
 
     def position_bias(self) -> Tensor:
         """The bias added to every window's logits: Tensor[h, N, N], bias[k, p, q] = table[index[p, q], k]."""
@@ -321,10 +321,17 @@ class SwinTransformer(nn.Module):
 
 def _init_weights(module: nn.Module) -> None:
     if isinstance(module, nn.Linear):
-        # timm's trunc_normal_(std=0.02) cuts at ±2 (absolute), so it is effectively a plain normal.
-        nn.init.trunc_normal_(module.weight, std=0.02, a=-2.0, b=2.0)
+        _trunc_normal(module.weight)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
+
+
+@torch.no_grad()
+def _trunc_normal(tensor: Tensor, std: float = 0.02, bound: float = 2.0) -> None:
+    """timm's ``trunc_normal_(std=0.02)``: a normal cut at ±2 (absolute), i.e. at ±100 std, which no
+    float32 draw reaches in practice, so a clamped normal draw has the same distribution (and costs two
+    passes over the weights instead of five: loading a checkpoint builds the model first)."""
+    tensor.normal_(0.0, std).clamp_(-bound, bound)
