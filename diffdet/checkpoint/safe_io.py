@@ -61,8 +61,14 @@ def _storage_from_bytes(data: bytes) -> Any:
     ``torch.save`` of it) with ``weights_only=True``, so the bytes cannot run code either."""
     if not isinstance(data, bytes):
         raise pickle.UnpicklingError(f"a pickled torch storage must be bytes, got {type(data).__name__}")
-    with torch.serialization.safe_globals(_torch_safe_globals()):
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    try:
+        with torch.serialization.safe_globals(_torch_safe_globals()):
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise pickle.UnpicklingError(
+            "refusing a pickled torch storage that holds more than tensor data: "
+            + _weights_only_reason(str(e))
+        ) from None
 
 
 def _parameter_data(data: torch.Tensor, requires_grad: bool, backward_hooks: Any) -> torch.Tensor:
