@@ -100,6 +100,18 @@ def test_train_mode_losses_reach_the_swin_trunk():
     assert float(trunk.layers[0].blocks[1].attn.relative_position_bias_table.grad.abs().sum()) > 0
 
 
+def test_train_step_runs_under_bf16_autocast():
+    torch.manual_seed(0)
+    m = build_detector(ModelConfig(**TINY_SWIN)).train()
+    targets = [{"boxes": torch.tensor([[4.0, 6.0, 40.0, 50.0]]), "labels": torch.tensor([2])}]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = m(_images(1), targets)
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    assert m.backbone.bottom_up.patch_embed.proj.weight.grad is not None
+
+
 def test_bench_command_runs_a_swin_model(tmp_path):
     overrides = [
         f"model.{k}={v}" for k, v in TINY_SWIN.items() if k not in ("min_size_test", "max_size_test")
