@@ -7,10 +7,12 @@ import contextlib
 import copy
 import io
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
+from diffdet.checkpoint import save_checkpoint
 from diffdet.cli import main
 from diffdet.modeling import CudaGraphSampler, ModelConfig, build_detector
 from diffdet.modeling.backbone import SwinTransformer
@@ -125,6 +127,32 @@ def test_bench_command_runs_a_swin_model(tmp_path):
     assert status == 0
     payload = json.loads((tmp_path / "swin.json").read_text())
     assert payload["meta"]["backbone"] == "SwinNano" and len(payload["records"]) >= 1
+
+
+COCO128 = Path(__file__).resolve().parents[3] / "shared" / "data" / "coco128"
+
+
+@pytest.mark.skipif(not (COCO128 / "train2017").is_dir(), reason=f"coco128 not found at {COCO128}")
+def test_detect_and_eval_commands_run_a_swin_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    cfg = ModelConfig(**{**TINY_SWIN, "num_classes": 80})
+    weights = save_checkpoint(tmp_path / "swin.pth", build_detector(cfg), cfg)
+    image = COCO128 / "train2017" / "000000000009.jpg"
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        status = main(
+            ["detect", str(image), "--weights", str(weights), "--score-thr", "0", "--device", "cpu",
+             "--out", str(tmp_path / "out"), "--no-progress"]
+        )  # fmt: skip
+    assert status == 0
+    results = json.loads((tmp_path / "out" / "detections.json").read_text())
+    assert results and {r["image_id"] for r in results} == {9}
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        status = main(
+            ["eval", "--data", str(COCO128 / "annotations" / "instances_train2017.json"), "--weights",
+             str(weights), "--max-images", "2", "--device", "cpu", "--no-progress"]
+        )  # fmt: skip
+    assert status == 0 and out.getvalue().strip().splitlines()[-2].split()[0] == "AP"
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
