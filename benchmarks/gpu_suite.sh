@@ -7,7 +7,7 @@
 #                                               # (same as DIFFDET_SUITE_CPU=1)
 #
 # Environment: PYTHON (interpreter, default python), DIFFDET_SUITE_STAGES (comma-separated subset of
-# build,env,gpu_tests,sanitizer,kernel_bench,e2e; default all).
+# build,env,gpu_tests,sanitizer,kernel_bench,e2e,e2e_swinb; default all).
 #
 # Every stage runs even when an earlier one failed; OUTDIR/summary.txt lists each stage's status,
 # seconds and log, and the script exits 1 when any stage failed (0 otherwise). Each sanitizer tool is
@@ -30,7 +30,7 @@ done
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-python}"
-STAGES=",${DIFFDET_SUITE_STAGES:-build,env,gpu_tests,sanitizer,kernel_bench,e2e},"
+STAGES=",${DIFFDET_SUITE_STAGES:-build,env,gpu_tests,sanitizer,kernel_bench,e2e,e2e_swinb},"
 mkdir -p "$OUTDIR/logs"
 OUTDIR="$(cd "$OUTDIR" && pwd)"
 SUMMARY="$OUTDIR/summary.txt"
@@ -83,6 +83,9 @@ if [ "$DRY_RUN" = 1 ]; then
     run_stage e2e "$PY" -m diffdet bench model.backbone=R18 model.hidden_dim=32 model.dim_feedforward=64 \
         model.nheads=2 model.num_heads=2 model.dim_dynamic=8 --device cpu --modes fp32 --size 32x48 \
         --boxes 5 --steps 1 --warmup 0 --iters 1 --out "$OUTDIR" --name e2e
+    run_stage e2e_swinb "$PY" -m diffdet bench model.backbone=SwinNano model.hidden_dim=32 \
+        model.dim_feedforward=64 model.nheads=2 model.num_heads=2 model.dim_dynamic=8 --device cpu \
+        --modes fp32 --size 32x48 --boxes 5 --steps 1 --warmup 0 --iters 1 --out "$OUTDIR" --name e2e_swinb
 else
     run_stage build "$PY" -m pip install --no-build-isolation --no-deps --no-index -v -e .
     run_stage env env_stage
@@ -95,6 +98,9 @@ else
     run_stage kernel_bench "$PY" -m pytest benchmarks --ignore=benchmarks/bench_e2e.py -q -p no:cacheprovider \
         --benchmark-enable --benchmark-json="$OUTDIR/kernel_benchmarks.json"
     run_stage e2e "$PY" -m diffdet bench --modes fp32,bf16,graph --warmup 3 --iters 15 --out "$OUTDIR" --name e2e
+    # The paper's strongest model (random weights, same speed): Swin-B at the published points only.
+    run_stage e2e_swinb "$PY" -m diffdet bench model.backbone=SwinB-22k --modes fp32,bf16,graph --boxes 300,500 \
+        --steps 1,4 --warmup 3 --iters 15 --out "$OUTDIR" --name e2e_swinb
 fi
 
 echo "== summary ($SUMMARY)"

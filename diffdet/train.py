@@ -119,7 +119,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resume", action="store_true", help="continue from the output folder's last checkpoint"
     )
-    parser.add_argument("--weights", help="ImageNet backbone weights (torchvision .pth or detectron2 .pkl)")
+    parser.add_argument(
+        "--weights",
+        help="ImageNet backbone weights (ResNet: torchvision .pth or detectron2 .pkl; Swin: .pth or .pkl)",
+    )
     parser.add_argument("--output-dir", help="shorthand for train.output_dir=DIR")
     parser.add_argument(
         "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. solver.base_lr=1e-4"

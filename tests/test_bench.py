@@ -212,7 +212,11 @@ def test_bench_with_data_measures_ap_and_draws_the_speed_accuracy_plot(tmp_path)
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_gpu_suite_dry_run_records_stages(tmp_path):
-    env = {**os.environ, "PYTHON": sys.executable, "DIFFDET_SUITE_STAGES": "env,build,sanitizer,e2e"}
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "DIFFDET_SUITE_STAGES": "env,build,sanitizer,e2e,e2e_swinb",
+    }
     result = subprocess.run(
         ["bash", str(ROOT / "benchmarks" / "gpu_suite.sh"), "--dry-run", str(tmp_path / "suite")],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
@@ -223,6 +227,7 @@ def test_gpu_suite_dry_run_records_stages(tmp_path):
     assert "gpu_tests      skipped (not in DIFFDET_SUITE_STAGES)" in summary
     assert json.loads((tmp_path / "suite" / "info.json").read_text())["diffdet"]
     assert json.loads((tmp_path / "suite" / "e2e.json").read_text())["records"]
+    assert json.loads((tmp_path / "suite" / "e2e_swinb.json").read_text())["meta"]["backbone"] == "SwinNano"
     assert (tmp_path / "suite" / "e2e.png").is_file() and (tmp_path / "suite" / "logs" / "e2e.log").is_file()
 
 

@@ -1,6 +1,6 @@
-"""ImageNet (or other) initial weights for the ResNet trunk: ``--weights`` of the trainer.
+"""ImageNet (or other) initial weights for the ResNet or Swin trunk: ``--weights`` of the trainer.
 
-Accepted files:
+Accepted files for a ResNet:
 - detectron2's torchvision-converted ``.pkl`` (``detectron2://ImageNetPretrained/torchvision/R-50.pkl``,
   the reference's initialisation): ``{"model": {name: ndarray}, "__author__": ...}`` with detectron2
   names (``stem.conv1.weight``, ``res2.0.conv1.norm.running_mean``), read by a restricted unpickler;
@@ -10,6 +10,16 @@ Accepted files:
 
 Caffe2/MSRA-named ``.pkl`` files (``res2_0_branch2a_w``) are refused: they expect BGR input and the
 stride in the 1×1 conv, unlike the reference's RGB, torchvision-style model.
+
+Accepted files for a Swin (REFERENCE.md §9): the Swin repository's classification ``.pth``
+(``{"model": state_dict}``, e.g. ``swin_base_patch4_window7_224_22k.pth``) and detectron2's ``.pkl`` made
+from it (``{"model": <the same dict of torch tensors>, "__author__": "third_party",
+"matching_heuristics": True}``, the reference's ``swin_base_patch4_window7_224_22k.pkl``). The keys map
+onto the trunk as detectron2's matching heuristics map them for the reference (``K`` becomes
+``backbone.bottom_up.K``): every trunk tensor is filled except the per-output norms ``norm0..norm3``,
+which stay at their initialisation; the classifier's ``attn_mask`` buffers, final ``norm`` and ``head``
+are ignored. A file for another Swin size (other depths, widths or window) is refused with the keys
+that do not fit.
 """
 
 from __future__ import annotations
@@ -26,19 +36,21 @@ import torch
 from torch import nn
 
 from diffdet.checkpoint.safe_io import load_pickle, torch_load
-from diffdet.modeling.backbone import FPN, ResNet
+from diffdet.modeling.backbone import FPN, ResNet, SwinTransformer
 
 _PREFIXES = ("module.", "backbone.bottom_up.")
+_SWIN_TRUNK = ("patch_embed.", "layers.")  # Swin keys that must match the trunk one for one
 
 
 @dataclass
 class BackboneWeightsReport:
-    """What :func:`load_backbone_weights` did, by ResNet state_dict key.
+    """What :func:`load_backbone_weights` did, by trunk (ResNet or Swin) state_dict key.
 
     Attributes:
         loaded: keys copied from the file.
-        missing: ResNet keys the file did not provide (left as they were).
-        ignored: file keys with no ResNet counterpart (classifier ``fc``, ``num_batches_tracked``...).
+        missing: trunk keys the file did not provide (left as they were: Swin's norm0..norm3).
+        ignored: file keys with no trunk counterpart (classifier ``fc``/``head``, ``num_batches_tracked``,
+            Swin's ``attn_mask`` and final ``norm``...).
     """
 
     loaded: list[str]
@@ -66,13 +78,15 @@ def torchvision_to_detectron2_name(name: str) -> str:
 
 
 def read_backbone_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a backbone weights file into a dict with detectron2 ResNet names.
+    """Read a backbone weights file into a dict with the trunk's names.
 
     Args:
-        path: ``.pkl`` (detectron2 pickle of numpy arrays) or a torch file (see the module docstring).
+        path: ``.pkl`` (detectron2 pickle of numpy arrays or torch tensors) or a torch file (see the
+            module docstring).
 
     Returns:
-        dict name -> CPU tensor, names as in :class:`~diffdet.modeling.backbone.ResNet`'s state_dict.
+        dict name -> CPU tensor, names as in :class:`~diffdet.modeling.backbone.ResNet`'s state_dict
+        (torchvision names are renamed) or as in the Swin file (unchanged).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -101,7 +115,7 @@ def read_backbone_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         name = str(key)
         for prefix in _PREFIXES:
             name = name.removeprefix(prefix)
-        if name.startswith(("conv1.", "bn1.", "layer", "fc.")):
+        if re.match(r"(conv1|bn1|fc)\.|layer\d", name):  # torchvision names (Swin has layers.N)
             name = torchvision_to_detectron2_name(name)
         if isinstance(value, np.ndarray):
             value = torch.from_numpy(np.array(value))
@@ -112,40 +126,56 @@ def read_backbone_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return weights
 
 
-def _find_resnet(target: nn.Module) -> ResNet:
-    if isinstance(target, ResNet):
+def _find_trunk(target: nn.Module) -> ResNet | SwinTransformer:
+    if isinstance(target, (ResNet, SwinTransformer)):
         return target
     if isinstance(target, FPN):
-        return target.bottom_up
+        return _find_trunk(target.bottom_up)
     backbone = getattr(target, "backbone", None)
     if isinstance(backbone, nn.Module):
-        return _find_resnet(backbone)
+        return _find_trunk(backbone)
     raise ValueError(
-        f"target must be a ResNet, an FPN or a model with a .backbone, got {type(target).__name__}"
+        "target must be a ResNet, a SwinTransformer, an FPN or a model with a .backbone, "
+        f"got {type(target).__name__}"
     )
+
+
+def _check_swin_fit(path: str | os.PathLike, weights: dict, own: dict) -> None:
+    """A Swin file must hold exactly the trunk's patch_embed.* and layers.* keys (attn_mask aside)."""
+    trunk = [k for k in weights if k.startswith(_SWIN_TRUNK) and not k.endswith(".attn_mask")]
+    unexpected = [k for k in trunk if k not in own]
+    missing = [k for k in own if k.startswith(_SWIN_TRUNK) and k not in weights]
+    if unexpected or missing:
+        raise ValueError(
+            f"{path} does not fit this Swin trunk (another size or not Swin weights): "
+            f"{len(missing)} trunk keys missing {missing[:10]}, "
+            f"{len(unexpected)} unexpected {unexpected[:10]}"
+        )
 
 
 @torch.no_grad()
 def load_backbone_weights(target: nn.Module, path: str | os.PathLike) -> BackboneWeightsReport:
-    """Copy a weights file into the ResNet trunk of ``target``, matching by name.
+    """Copy a weights file into the ResNet or Swin trunk of ``target``, matching by name.
 
     Keys the file lacks stay as initialised; file keys the trunk lacks are ignored; both are reported.
-    Shapes must agree for every key the two share.
+    Shapes must agree for every key the two share. A Swin file must also cover every patch_embed and
+    layers key of the trunk, and no other (see the module docstring).
 
     Args:
-        target: a ResNet, an FPN, or a detector whose ``backbone`` is an FPN.
+        target: a ResNet or SwinTransformer, an FPN, or a detector whose ``backbone`` is an FPN.
         path: weights file, see :func:`read_backbone_weights`.
 
     Returns:
         The :class:`BackboneWeightsReport`.
 
     Raises:
-        ValueError: a shared key has a different shape, or no key matches (wrong file or model).
+        ValueError: a shared key has a different shape, no key matches (wrong file or model), or a
+            Swin file is for another size; the message names the keys.
         FileNotFoundError, pickle.UnpicklingError: see :func:`read_backbone_weights`.
     """
-    resnet = _find_resnet(target)
+    trunk = _find_trunk(target)
     weights = read_backbone_weights(path)
-    own = resnet.state_dict()
+    own = trunk.state_dict()
     shared = [k for k in weights if k in own]
     wrong = [
         f"{k}: file {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}"
@@ -159,6 +189,8 @@ def load_backbone_weights(target: nn.Module, path: str | os.PathLike) -> Backbon
             f"{path}: no key matches the backbone "
             f"(file keys {sorted(weights)[:5]}, model keys {sorted(own)[:5]})"
         )
+    if isinstance(trunk, SwinTransformer):
+        _check_swin_fit(path, weights, own)
     for k in shared:
         own[k].copy_(weights[k])
     return BackboneWeightsReport(

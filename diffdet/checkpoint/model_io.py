@@ -220,7 +220,8 @@ def load(
 
     Args:
         path_or_preset: a checkpoint path, or a preset of :data:`~diffdet.checkpoint.presets.PRESETS`
-            ("coco_r50_500boxes", "coco_r50_300boxes", "coco_r101_500boxes", "quickstart").
+            ("coco_r50_500boxes", "coco_r50_300boxes", "coco_r101_500boxes", "coco_swinb", "lvis_r50",
+            "lvis_r101", "lvis_swinb", "quickstart").
         device: where to put the model.
         dtype: floating dtype of the weights (e.g. torch.float16); None keeps float32. The diffusion
             schedule stays float64.

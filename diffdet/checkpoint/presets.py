@@ -43,13 +43,28 @@ PRESETS: dict[str, Preset] = {
     "coco_r101_500boxes": Preset(
         "diffdet_coco_res101.pth", f"{RELEASE_URL}/diffdet_coco_res101.pth", {"num_proposals": 500}
     ),
+    "coco_swinb": Preset(
+        "diffdet_coco_swinbase.pth", f"{RELEASE_URL}/diffdet_coco_swinbase.pth", {"num_proposals": 500}
+    ),
+    # The LVIS checkpoints tell their 1203 classes and federated loss (criterion.fed_loss_cls_weights)
+    # by their keys; the model gets LVIS v1's class names and category ids.
+    "lvis_r50": Preset(
+        "diffdet_lvis_res50.pth", f"{RELEASE_URL}/diffdet_lvis_res50.pth", {"num_proposals": 500}
+    ),
+    "lvis_r101": Preset(
+        "diffdet_lvis_res101.pth", f"{RELEASE_URL}/diffdet_lvis_res101.pth", {"num_proposals": 500}
+    ),
+    "lvis_swinb": Preset(
+        "diffdet_lvis_swinbase.pth", f"{RELEASE_URL}/diffdet_lvis_swinbase.pth", {"num_proposals": 500}
+    ),
     "quickstart": Preset(
         "diffdet_quickstart.pth",
         "`diffdet quickstart`, which trains the small synthetic-shapes detector on the CPU",
     ),
 }
-"""Presets mirroring the reference's released COCO configs (diffdet.coco.res50/res50.300boxes/res101),
-and the small detector the quickstart trains (a diffdet checkpoint that carries its own config)."""
+"""Presets mirroring the reference's seven released checkpoints (configs diffdet.coco.res50,
+res50.300boxes, res101, swinbase and diffdet.lvis.res50, res101, swinbase), and the small detector the
+quickstart trains (a diffdet checkpoint that carries its own config)."""
 
 
 def weights_dir() -> Path:

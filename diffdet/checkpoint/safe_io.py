@@ -2,8 +2,10 @@
 
 - :func:`torch_load`: ``torch.load(weights_only=True)`` with numpy arrays, scalars and dtypes
   allowlisted (detectron2 checkpoints may hold numpy values outside the weights).
-- :func:`load_pickle`: detectron2's ``.pkl`` backbones are plain pickles of numpy arrays; a
-  restricted unpickler admits numpy's array/scalar reconstruction and plain containers, nothing else.
+- :func:`load_pickle`: detectron2's ``.pkl`` backbones are plain pickles of numpy arrays (or, for
+  third-party backbones such as the ImageNet-22k Swin-B, of torch tensors); a restricted unpickler
+  admits numpy's array/scalar reconstruction, torch's tensor reconstruction (storages read back with
+  ``weights_only=True``) and plain containers, nothing else.
 - :func:`atomic_save`: ``torch.save`` to a temporary file in the target directory, flush, fsync,
   ``os.replace``; a crash leaves either the old file or the new one, never a torn file.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import builtins
 import codecs
+import io
 import os
 import pickle
 import tempfile
@@ -52,6 +55,35 @@ _NUMPY_DTYPE_CLASSES = [
 for _cls in _NUMPY_DTYPE_CLASSES:
     _NUMPY_GLOBALS[("numpy.dtypes", _cls.__name__)] = _cls
 
+
+def _storage_from_bytes(data: bytes) -> Any:
+    """``torch.storage._load_from_bytes`` (how a plain pickle stores a tensor's storage: a legacy
+    ``torch.save`` of it) with ``weights_only=True``, so the bytes cannot run code either."""
+    if not isinstance(data, bytes):
+        raise pickle.UnpicklingError(f"a pickled torch storage must be bytes, got {type(data).__name__}")
+    try:
+        with torch.serialization.safe_globals(_torch_safe_globals()):
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise pickle.UnpicklingError(
+            "refusing a pickled torch storage that holds more than tensor data: "
+            + _weights_only_reason(str(e))
+        ) from None
+
+
+def _parameter_data(data: torch.Tensor, requires_grad: bool, backward_hooks: Any) -> torch.Tensor:
+    """``torch._utils._rebuild_parameter`` without the Parameter: only the values are needed."""
+    return data
+
+
+# Plain pickles of torch tensors (Detic's convert-thirdparty-pretrained-model-to-d2.py writes the
+# Swin-B .pkl so) name these three; torch's weights_only unpickler admits the same rebuild functions.
+_TORCH_GLOBALS: dict[tuple[str, str], Any] = {
+    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_parameter"): _parameter_data,
+    ("torch.storage", "_load_from_bytes"): _storage_from_bytes,
+}
+
 _PLAIN_GLOBALS: dict[tuple[str, str], Any] = {
     ("collections", "OrderedDict"): OrderedDict,
     # Protocol-2 pickles written by Python 3 encode bytes as _codecs.encode(str, "latin1").
@@ -64,7 +96,7 @@ for _module in ("builtins", "__builtin__"):
 
 
 class RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that admits numpy arrays, numpy scalars and plain containers only.
+    """An unpickler that admits numpy arrays, numpy scalars, torch tensors and plain containers only.
 
     Any other global (a class, ``os.system``, ``builtins.eval``...) raises
     ``pickle.UnpicklingError`` naming it, before anything is called.
@@ -76,19 +108,23 @@ class RestrictedUnpickler(pickle.Unpickler):
             return _NUMPY_GLOBALS[key]
         if key in _PLAIN_GLOBALS:
             return _PLAIN_GLOBALS[key]
+        if key in _TORCH_GLOBALS:
+            return _TORCH_GLOBALS[key]
         raise pickle.UnpicklingError(
-            f"refusing to unpickle global {module}.{name}: only numpy arrays and plain containers are allowed"
+            f"refusing to unpickle global {module}.{name}: only numpy arrays, torch tensors and plain "
+            "containers are allowed"
         )
 
 
 def load_pickle(path: str | os.PathLike) -> Any:
-    """Read a plain pickle of numpy arrays and containers (detectron2's ImageNet ``.pkl`` backbones).
+    """Read a plain pickle of numpy arrays, torch tensors and containers (detectron2's ``.pkl`` backbones).
 
     Args:
         path: the ``.pkl`` file.
 
     Returns:
-        The unpickled object: nested dict/list/tuple of numbers, strings, numpy arrays and scalars.
+        The unpickled object: nested dict/list/tuple of numbers, strings, numpy arrays and scalars, CPU
+        tensors.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.

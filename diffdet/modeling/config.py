@@ -52,10 +52,14 @@ class ModelConfig:
     """Every hyper-parameter of the DiffusionDet model, defaults as the reference R50 COCO model.
 
     Attributes:
-        backbone: ResNet name for :func:`diffdet.modeling.backbone.build_backbone` ("R18",
-            "R18-half", "R50", "R101").
-        backbone_norm: trunk norm ("FrozenBN" in the reference; "GN"/"BN" to train from scratch).
-        freeze_at: 2 freezes the stem and res2 (reference); 0 trains everything.
+        backbone: backbone name for :func:`diffdet.modeling.backbone.build_backbone`: a ResNet
+            ("R18", "R18-half", "R50", "R101") or a Swin Transformer ("SwinT", "SwinS", "SwinB",
+            "SwinB-22k" (the same architecture as SwinB), "SwinB-22k-384", "SwinL-22k", "SwinL-22k-384",
+            and the small "SwinNano").
+        backbone_norm: ResNet trunk norm ("FrozenBN" in the reference; "GN"/"BN" to train from
+            scratch); Swin has LayerNorms only and ignores it.
+        freeze_at: ResNet only: 2 freezes the stem and res2 (reference); 0 trains everything. Swin
+            ignores it, as the published Swin builder does (every Swin parameter trains).
         fpn_norm: FPN conv norm ("" in the reference).
         num_classes: foreground classes K (focal loss, no background column).
         num_proposals: P boxes per image in training, and the default ``num_boxes`` at inference.

@@ -35,7 +35,7 @@ from diffdet.modeling.targets import prepare_targets
 
 
 class DiffusionDet(nn.Module):
-    """DiffusionDet: ResNet-FPN backbone, dynamic head, DDIM box sampler.
+    """DiffusionDet: ResNet-FPN or Swin-FPN backbone, dynamic head, DDIM box sampler.
 
     Args:
         cfg: the model hyper-parameters.
@@ -98,8 +98,9 @@ class DiffusionDet(nn.Module):
     def fuse_for_inference(self) -> DiffusionDet:
         """Fold every FrozenBatchNorm of the backbone into its convolution (in place, for inference).
 
-        The state_dict loses the ``*.norm.*`` keys of folded convs and gains their ``bias``: save
-        checkpoints before fusing. Returns ``self``.
+        A no-op for Swin backbones (LayerNorms only; nothing to fold). The state_dict loses the
+        ``*.norm.*`` keys of folded convs and gains their ``bias``: save checkpoints before fusing.
+        Returns ``self``.
         """
         fold_frozen_batchnorm(self.backbone)
         return self

@@ -11,16 +11,19 @@ from diffdet.config import dump_config, load_config
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
-@pytest.mark.parametrize("name", ["coco_r50_500boxes", "coco_r50_300boxes", "coco_r101", "quickstart"])
+@pytest.mark.parametrize(
+    "name", ["coco_r50_500boxes", "coco_r50_300boxes", "coco_r101", "coco_swinb", "quickstart"]
+)
 def test_presets_load(name):
     cfg = load_config(CONFIGS / f"{name}.yaml")
     if name.startswith("coco"):
         assert cfg.model.num_classes == 80 and cfg.data.crop and cfg.solver.base_lr == 2.5e-5
         assert cfg.solver.clip == 1.0 and cfg.solver.warmup_iters == 1000 and cfg.solver.max_iter == 450000
         assert cfg.data.min_size_train == tuple(range(480, 801, 32))
-    expected = {"coco_r50_300boxes": 300, "coco_r101": 500, "coco_r50_500boxes": 500, "quickstart": 50}
-    assert cfg.model.num_proposals == expected[name]
-    assert cfg.model.backbone == {"coco_r101": "R101", "quickstart": "R18-half"}.get(name, "R50")
+    expected = {"coco_r50_300boxes": 300, "quickstart": 50}.get(name, 500)
+    assert cfg.model.num_proposals == expected
+    backbones = {"coco_r101": "R101", "coco_swinb": "SwinB-22k", "quickstart": "R18-half"}
+    assert cfg.model.backbone == backbones.get(name, "R50")
 
 
 def test_overrides_are_typed_and_round_trip(tmp_path):

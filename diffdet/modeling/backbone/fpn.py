@@ -1,4 +1,4 @@
-"""Feature Pyramid Network on a ResNet (detectron2's ``FPN`` without the unused p6).
+"""Feature Pyramid Network on a ResNet or Swin trunk (detectron2's ``FPN`` without the unused p6).
 
 Layout as the reference: the trunk is ``bottom_up``; per level l there is ``fpn_lateral{l}`` (1×1)
 and ``fpn_output{l}`` (3×3), both with bias and without norm. Top-down pathway (FPN paper, Fig. 3):
@@ -16,7 +16,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from diffdet.modeling.backbone.conv import Conv2d, c2_xavier_fill, get_norm
-from diffdet.modeling.backbone.resnet import ResNet
 from diffdet.modeling.shape_spec import ShapeSpec
 
 
@@ -31,7 +30,8 @@ class FPN(nn.Module):
         norm: norm of the lateral and output convs; "" (the reference) gives convs with bias and no
             norm, any other name gives convs without bias followed by that norm.
 
-    Outputs are named ``p{log2(stride)}``: p2..p5 at strides 4, 8, 16, 32 for ResNet res2..res5.
+    Outputs are named ``p{log2(stride)}``: p2..p5 at strides 4, 8, 16, 32 for ResNet res2..res5
+    or Swin swin0..swin3.
 
     Raises:
         ValueError: if an ``in_features`` name is not a trunk output or the strides are not
@@ -40,7 +40,7 @@ class FPN(nn.Module):
 
     def __init__(
         self,
-        bottom_up: ResNet,
+        bottom_up: nn.Module,
         in_features: Sequence[str] = ("res2", "res3", "res4", "res5"),
         out_channels: int = 256,
         norm: str = "",
