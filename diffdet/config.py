@@ -43,6 +43,9 @@ class DataConfig:
         skip_bad: skip unreadable images with a warning instead of stopping.
         max_train_images: use only the first N training images by id (0: all).
         max_val_images: use only the first N evaluation images by id (0: all).
+        annotation_format: "coco", "odgt" (CrowdHuman) or "auto" (odgt for a ``.odgt`` file).
+        crowdhuman_box: CrowdHuman box kind trained and evaluated: "vbox" (visible body, as the
+            paper's Table 1), "fbox" (full body) or "hbox" (head).
     """
 
     train_images: str = "datasets/coco/train2017"
@@ -60,6 +63,8 @@ class DataConfig:
     skip_bad: bool = False
     max_train_images: int = 0
     max_val_images: int = 0
+    annotation_format: str = "auto"
+    crowdhuman_box: str = "vbox"
 
 
 @dataclass

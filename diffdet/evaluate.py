@@ -16,7 +16,9 @@ import numpy as np
 import torch
 from pycocotools.cocoeval import COCOeval
 
+from diffdet import crowdhuman_eval
 from diffdet.data.coco import CocoDetection
+from diffdet.data.crowdhuman import CrowdHumanDetection
 from diffdet.data.loader import build_test_loader
 from diffdet.engine.distributed import all_gather_objects, get_rank, get_world_size, is_main_process
 
@@ -97,7 +99,8 @@ def evaluate(
         **inference_kwargs: per-call inference knobs passed to the model (``num_boxes``, ``steps``...).
 
     Returns:
-        The metrics of :func:`coco_box_ap` on rank 0; None on other ranks.
+        The metrics of :func:`coco_box_ap` on rank 0 (those of
+        :func:`diffdet.crowdhuman_eval.score_results` for a CrowdHumanDetection); None on other ranks.
     """
     was_training = model.training
     model.eval()
@@ -117,4 +120,6 @@ def evaluate(
     if results_path is not None:
         Path(results_path).parent.mkdir(parents=True, exist_ok=True)
         Path(results_path).write_text(json.dumps(results))
+    if isinstance(dataset, CrowdHumanDetection):  # the CrowdHuman benchmark's metrics instead of COCO AP
+        return crowdhuman_eval.score_results(dataset, results, image_ids)
     return coco_box_ap(dataset.coco, results, image_ids)

@@ -6,8 +6,8 @@ Each line holds ``ID`` (the image is ``{ID}.jpg`` in the folder) and ``gtboxes``
 ``extra.ignore`` set are ignore regions; with head boxes, ``head_attr.ignore`` marks one too. Every
 other ``tag: "person"`` box is a target of the single class "person" (category id 1, label 0).
 
-Training uses the chosen box kind (``vbox`` by default: the DiffusionDet paper reports CrowdHuman
-on visible boxes) and leaves ignore regions out of the targets, as :class:`~diffdet.data.coco.
+Training uses the chosen box kind (``vbox`` by default: the DiffusionDet paper's Table 1 scores
+visible boxes) and leaves ignore regions out of the targets, as :class:`~diffdet.data.coco.
 CocoDetection` leaves crowd boxes out; evaluation (:mod:`diffdet.crowdhuman_eval`) uses them.
 Image sizes are read from the image headers (after EXIF rotation), since odgt files hold none.
 """
