@@ -181,6 +181,10 @@ def max_weight_matching(weights: np.ndarray) -> list[tuple[int, int]]:
     weights = np.asarray(weights, dtype=np.float64)
     if weights.size == 0 or not (weights > 0).any():
         return []
+    keep_rows, keep_cols = np.flatnonzero((weights > 0).any(1)), np.flatnonzero((weights > 0).any(0))
+    if len(keep_rows) < weights.shape[0] or len(keep_cols) < weights.shape[1]:  # edgeless rows/columns
+        pairs = max_weight_matching(weights[np.ix_(keep_rows, keep_cols)])
+        return [(int(keep_rows[r]), int(keep_cols[c])) for r, c in pairs]
     if weights.shape[0] > weights.shape[1]:
         return [(r, c) for c, r in max_weight_matching(weights.T)]
     rows, cols = weights.shape

@@ -2,7 +2,8 @@
 
 ``detect`` reads an image or a folder of images, writes each image with its boxes, class names and
 scores drawn, and one COCO-results JSON (``detections.json``). ``eval`` runs the detector over a
-COCO-format dataset and prints the pycocotools AP table. Both show a progress bar, and stop with a
+COCO-format dataset and prints the pycocotools AP table (over CrowdHuman ``.odgt`` data, the
+CrowdHuman metrics: :mod:`diffdet.crowdhuman_cli`). Both show a progress bar, and stop with a
 one-line error (exit status 2) naming the file when an input cannot be read.
 """
 
@@ -235,17 +236,13 @@ def format_metrics(metrics: dict[str, float]) -> str:
 
 def _inference_args(parser: argparse.ArgumentParser, several: bool = False) -> None:
     """The model and inference options; ``several``: --boxes and --steps take several values (a sweep)."""
-    nargs, sweep = ("+", "; several values sweep CrowdHuman evaluation") if several else (None, "")
+    nargs, sweep = ("+", "; several values: a CrowdHuman sweep") if several else (None, "")
     parser.add_argument("--weights", required=True, help="checkpoint file or preset name (see diffdet.load)")
     parser.add_argument(
-        "--boxes", type=int, nargs=nargs, default=None, help=f"boxes per image (default: the model's){sweep}"
+        "--boxes", type=int, nargs=nargs, help=f"boxes per image (default: the model's){sweep}"
     )
     parser.add_argument(
-        "--steps",
-        type=int,
-        nargs=nargs,
-        default=None,
-        help=f"DDIM sampling steps (default: the model's){sweep}",
+        "--steps", type=int, nargs=nargs, help=f"DDIM sampling steps (default: the model's){sweep}"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampler's random boxes")
     parser.add_argument(
@@ -274,11 +271,9 @@ def eval_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
     parser.add_argument("--max-images", type=int, default=0, help="evaluate the first N images only (0: all)")
     parser.add_argument(
-        "--results",
-        default=None,
-        help="also write the detections here (COCO results, or CrowdHuman odgt lines)",
+        "--results", help="also write the detections here (COCO results, or CrowdHuman odgt lines)"
     )
-    parser.add_argument("--metrics-out", default=None, metavar="JSON", help="also write the metrics here")
+    parser.add_argument("--metrics-out", metavar="JSON", help="also write the metrics here")
     parser.add_argument(
         "--class", dest="class_name", default=None, metavar="NAME",
         help="CrowdHuman: score this class of the weights (e.g. person for a COCO model, zero-shot)",
@@ -345,5 +340,6 @@ def eval_main(args: argparse.Namespace) -> int:
     print(f"COCO box AP over {len(dataset)} image(s) of {args.data}:")
     print(format_metrics(metrics))
     if args.metrics_out:
+        Path(args.metrics_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.metrics_out).write_text(json.dumps(metrics, indent=2))
     return 0

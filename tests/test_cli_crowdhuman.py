@@ -183,3 +183,18 @@ def test_eval_errors_are_one_line_and_name_the_input(coco128_odgt, coco_weights,
         "9",
     )
     assert status == 2 and "--boxes takes one value here" in stderr
+
+
+def test_no_eval_option_is_a_prefix_of_another():
+    """argparse resolves abbreviations: an option that prefixes another could never be abbreviated."""
+    import argparse
+
+    from diffdet.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    options = [
+        o for action in sub.choices["eval"]._actions for o in action.option_strings if o.startswith("--")
+    ]
+    assert {"--class", "--crowdhuman-box", "--metrics-out", "--boxes", "--steps"} <= set(options)
+    clashes = [(a, b) for a in options for b in options if a != b and b.startswith(a)]
+    assert not clashes
