@@ -224,24 +224,42 @@ def max_weight_matching(weights: np.ndarray) -> list[tuple[int, int]]:
     ]
 
 
-def _image_jaccard(image: ImageBoxes, score_threshold: float, iou_threshold: float) -> tuple[float, bool]:
-    """k / (m + n − k + eps) of one image and whether it counts (n or m non-zero)."""
+@dataclass
+class _JaccardInputs:
+    """Per-image quantities JI needs at every score threshold, computed once."""
+
+    scores: np.ndarray  # [D]
+    weights: np.ndarray  # [D, G] IoU where > the IoU threshold, else 0 (G: person boxes)
+    dt_on_region: np.ndarray  # bool [D]: IoA with some ignore region > the threshold
+    gt_on_region: np.ndarray  # bool [G]: likewise for the person boxes
+
+
+def _jaccard_inputs(image: ImageBoxes, iou_threshold: float) -> _JaccardInputs:
     gt = clip_to_image(image.gt_boxes, image.height, image.width)
     dt = clip_to_image(image.dt_boxes, image.height, image.width)
-    dt = dt[np.asarray(image.dt_scores, dtype=np.float64).reshape(-1) > score_threshold]
     ignore = np.asarray(image.gt_ignore, dtype=bool).reshape(-1)
     person, regions = gt[~ignore], gt[ignore]
     iou = _overlaps(dt, person)[0]
-    matches = max_weight_matching(np.where(iou > iou_threshold, iou, 0.0))
-    free_dt = np.setdiff1d(np.arange(len(dt)), [i for i, _ in matches])
-    free_gt = np.setdiff1d(np.arange(len(person)), [j for _, j in matches])
-    ignored_dt = ignored_gt = 0
-    if len(regions):
-        ignored_dt = int((_overlaps(dt[free_dt], regions)[1].max(axis=1, initial=0) > iou_threshold).sum())
-        ignored_gt = int(
-            (_overlaps(person[free_gt], regions)[1].max(axis=1, initial=0) > iou_threshold).sum()
-        )
-    k, m, n = len(matches), len(person) - ignored_gt, len(dt) - ignored_dt
+    return _JaccardInputs(
+        np.asarray(image.dt_scores, dtype=np.float64).reshape(-1),
+        np.where(iou > iou_threshold, iou, 0.0),
+        _overlaps(dt, regions)[1].max(axis=1, initial=0) > iou_threshold,
+        _overlaps(person, regions)[1].max(axis=1, initial=0) > iou_threshold,
+    )
+
+
+def _image_jaccard(inputs: _JaccardInputs, score_threshold: float) -> tuple[float, bool]:
+    """k / (m + n − k + eps) of one image and whether it counts (n or m non-zero)."""
+    keep = inputs.scores > score_threshold
+    matches = max_weight_matching(inputs.weights[keep])
+    dt_free = np.ones(int(keep.sum()), dtype=bool)
+    gt_free = np.ones(len(inputs.gt_on_region), dtype=bool)
+    for i, j in matches:
+        dt_free[i] = gt_free[j] = False
+    # Unmatched detections and person boxes inside ignore regions are left out.
+    n = len(dt_free) - int((dt_free & inputs.dt_on_region[keep]).sum())
+    m = len(gt_free) - int((gt_free & inputs.gt_on_region).sum())
+    k = len(matches)
     return k / (m + n - k + JI_EPS), bool(n or m)
 
 
@@ -251,9 +269,10 @@ def jaccard_index(images: list[ImageBoxes], iou_threshold: float = IOU_THRESHOLD
     Returns:
         float: JI in [0, 1); 0 when no image has a detection or a person box.
     """
+    inputs = [_jaccard_inputs(image, iou_threshold) for image in images]
     best = 0.0
     for threshold in JI_SCORE_THRESHOLDS:
-        parts = [_image_jaccard(image, threshold, iou_threshold) for image in images]
+        parts = [_image_jaccard(x, threshold) for x in inputs]
         counted = sum(c for _, c in parts)
         if counted:
             best = max(best, sum(r for r, _ in parts) / counted)

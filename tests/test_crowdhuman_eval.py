@@ -109,6 +109,11 @@ def test_boxes_are_clipped_to_the_image_as_the_toolkit_does():
     assert crowdhuman_metrics([image([[-40, 10, 60, 50]], [[0, 10, 60, 50]], [1.0])])["recall"] == 1.0
 
 
+def test_mmr_reference_points_are_nine_log_spaced_fppis_as_the_toolkit_rounds_them():
+    assert len(MR_REFERENCE_FPPI) == 9
+    np.testing.assert_allclose(MR_REFERENCE_FPPI, np.logspace(-2, 0, 9), rtol=1e-3)
+
+
 def test_no_detection_and_bad_input():
     m = crowdhuman_metrics([image([P1])])
     assert m == {"AP50": 0.0, "mMR": 1.0, "recall": 0.0, "JI": 0.0}
@@ -219,6 +224,48 @@ def _brute_matching_weight(w: np.ndarray) -> float:
         if len(set(used)) == len(used):
             best = max(best, sum(w[r, c] for r, c in enumerate(assign) if c >= 0))
     return best
+
+
+def _brute_best_matching(w: np.ndarray) -> list[tuple[int, int]]:
+    """A maximum-weight matching over the positive entries, by enumerating every assignment."""
+    best, best_pairs = 0.0, []
+    for assign in itertools.product(range(-1, w.shape[1]), repeat=w.shape[0]):
+        pairs = [(r, c) for r, c in enumerate(assign) if c >= 0 and w[r, c] > 0]
+        if len({c for _, c in pairs}) == len(pairs) and sum(w[r, c] for r, c in pairs) > best + 1e-12:
+            best, best_pairs = sum(w[r, c] for r, c in pairs), pairs
+    return best_pairs
+
+
+def _brute_jaccard(images) -> float:
+    best = 0.0
+    for t in range(10):
+        ratios = []
+        for im in images:
+            persons = [b for b, ig in zip(im.gt_boxes, im.gt_ignore, strict=True) if not ig]
+            regions = [b for b, ig in zip(im.gt_boxes, im.gt_ignore, strict=True) if ig]
+            dets = [b for b, sc in zip(im.dt_boxes, im.dt_scores, strict=True) if sc > t / 10]
+            w = np.array([[_iou(d, g) if _iou(d, g) > 0.5 else 0.0 for g in persons] for d in dets])
+            pairs = _brute_best_matching(w.reshape(len(dets), len(persons)))
+            free_d = [d for i, d in enumerate(dets) if i not in {i for i, _ in pairs}]
+            free_g = [g for j, g in enumerate(persons) if j not in {j for _, j in pairs}]
+            n = len(dets) - sum(any(_ioa(d, r) > 0.5 for r in regions) for d in free_d)
+            m = len(persons) - sum(any(_ioa(g, r) > 0.5 for r in regions) for g in free_g)
+            if n or m:
+                ratios.append(len(pairs) / (m + n - len(pairs) + 1e-6))
+        if ratios:
+            best = max(best, sum(ratios) / len(ratios))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_ji_matches_a_brute_force_implementation(seed):
+    rng = np.random.default_rng(100 + seed)
+    images = []
+    for im in _random_images(rng, 12):  # at most 5 persons + 2 regions, 8 detections: keep 5
+        im.dt_boxes, im.dt_scores = im.dt_boxes[:5], im.dt_scores[:5]
+        im.gt_boxes, im.dt_boxes = clip_to_image(im.gt_boxes, 90, 100), clip_to_image(im.dt_boxes, 90, 100)
+        images.append(im)
+    assert jaccard_index(images) == pytest.approx(_brute_jaccard(images), abs=1e-12)
 
 
 @pytest.mark.parametrize("seed", range(4))
