@@ -235,15 +235,17 @@ def format_metrics(metrics: dict[str, float]) -> str:
 
 
 def _inference_args(parser: argparse.ArgumentParser, several: bool = False) -> None:
-    """The model and inference options; ``several``: --boxes and --steps take several values (a sweep)."""
-    nargs, sweep = ("+", "; several values: a CrowdHuman sweep") if several else (None, "")
+    """The model and inference options; ``several``: --boxes and --steps take comma-separated lists
+    (a sweep, written as ``diffdet bench`` writes its grid)."""
+    if several:
+        from diffdet.benchmark.cli import _ints as kind
+
+        sweep = "; a comma-separated list sweeps CrowdHuman evaluation"
+    else:
+        kind, sweep = int, ""
     parser.add_argument("--weights", required=True, help="checkpoint file or preset name (see diffdet.load)")
-    parser.add_argument(
-        "--boxes", type=int, nargs=nargs, help=f"boxes per image (default: the model's){sweep}"
-    )
-    parser.add_argument(
-        "--steps", type=int, nargs=nargs, help=f"DDIM sampling steps (default: the model's){sweep}"
-    )
+    parser.add_argument("--boxes", type=kind, help=f"boxes per image (default: the model's){sweep}")
+    parser.add_argument("--steps", type=kind, help=f"DDIM sampling steps (default: the model's){sweep}")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampler's random boxes")
     parser.add_argument(
         "--device", default="auto", help="cpu, cuda, cuda:1... (default: cuda when available)"
@@ -285,9 +287,11 @@ def eval_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _one(value: int | list[int] | None, flag: str) -> int | None:
-    """A single --boxes / --steps value (eval parses lists: only CrowdHuman evaluation sweeps)."""
+    """A single --boxes / --steps value (eval parses lists, and only CrowdHuman evaluation sweeps)."""
     if not isinstance(value, list):
         return value
+    if not value:
+        return None
     if len(value) > 1:
         raise InputError(
             f"{flag} takes one value here (several values sweep CrowdHuman .odgt evaluation only)"

@@ -90,7 +90,7 @@ def test_eval_of_a_one_class_model_prints_and_writes_the_metrics(coco128_odgt, p
 def test_a_coco_model_is_scored_on_its_person_class_over_a_sweep(coco128_odgt, coco_weights, tmp_path):
     results = tmp_path / "dt.odgt"
     status, stdout, stderr = _eval(
-        coco128_odgt, coco_weights, "--class", "person", "--boxes", "5", "10", "--steps", "1", "2",
+        coco128_odgt, coco_weights, "--class", "person", "--boxes", "5,10", "--steps", "1,2",
         "--crowdhuman-box", "fbox", "--results", str(results), "--max-images", "2",
     )  # fmt: skip
     assert status == 0, stderr
@@ -179,8 +179,7 @@ def test_eval_errors_are_one_line_and_name_the_input(coco128_odgt, coco_weights,
         "--weights",
         str(person_weights),
         "--boxes",
-        "5",
-        "9",
+        "5,9",
     )
     assert status == 2 and "--boxes takes one value here" in stderr
 
