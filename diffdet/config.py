@@ -47,6 +47,9 @@ class DataConfig:
         sampler: "TrainingSampler" (one permutation per epoch) or "RepeatFactorTrainingSampler"
             (LVIS: images of rare categories repeated, REFERENCE.md §10).
         repeat_threshold: category-frequency threshold t of the repeat-factor sampler.
+        annotation_format: "coco", "odgt" (CrowdHuman) or "auto" (odgt for a ``.odgt`` file).
+        crowdhuman_box: CrowdHuman box kind trained and evaluated: "vbox" (visible body, as the
+            paper's Table 1), "fbox" (full body) or "hbox" (head).
     """
 
     train_images: str = "datasets/coco/train2017"
@@ -66,6 +69,8 @@ class DataConfig:
     max_val_images: int = 0
     sampler: str = "TrainingSampler"
     repeat_threshold: float = 0.001
+    annotation_format: str = "auto"
+    crowdhuman_box: str = "vbox"
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:

@@ -2,7 +2,8 @@
 
 ``detect`` reads an image or a folder of images, writes each image with its boxes, class names and
 scores drawn, and one COCO-results JSON (``detections.json``). ``eval`` runs the detector over a
-COCO-format dataset and prints the pycocotools AP table. Both show a progress bar, and stop with a
+COCO-format dataset and prints the pycocotools AP table (over CrowdHuman ``.odgt`` data, the
+CrowdHuman metrics: :mod:`diffdet.crowdhuman_cli`). Both show a progress bar, and stop with a
 one-line error (exit status 2) naming the file when an input cannot be read.
 """
 
@@ -234,10 +235,18 @@ def format_metrics(metrics: dict[str, float]) -> str:
     return f"{names}\n{values}"
 
 
-def _inference_args(parser: argparse.ArgumentParser) -> None:
+def _inference_args(parser: argparse.ArgumentParser, several: bool = False) -> None:
+    """The model and inference options; ``several``: --boxes and --steps take comma-separated lists
+    (a sweep, written as ``diffdet bench`` writes its grid)."""
+    if several:
+        from diffdet.benchmark.cli import _ints as kind
+
+        sweep = "; a comma-separated list sweeps CrowdHuman evaluation"
+    else:
+        kind, sweep = int, ""
     parser.add_argument("--weights", required=True, help="checkpoint file or preset name (see diffdet.load)")
-    parser.add_argument("--boxes", type=int, default=None, help="boxes per image (default: the model's)")
-    parser.add_argument("--steps", type=int, default=None, help="DDIM sampling steps (default: the model's)")
+    parser.add_argument("--boxes", type=kind, help=f"boxes per image (default: the model's){sweep}")
+    parser.add_argument("--steps", type=kind, help=f"DDIM sampling steps (default: the model's){sweep}")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampler's random boxes")
     parser.add_argument(
         "--device", default="auto", help="cpu, cuda, cuda:1... (default: cuda when available)"
@@ -255,16 +264,44 @@ def detect_args(parser: argparse.ArgumentParser) -> None:
 
 def eval_args(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``diffdet eval``."""
-    parser.add_argument("--data", required=True, metavar="JSON", help="COCO instances JSON or LVIS JSON")
-    parser.add_argument("--images", default=None, help="image folder (default: COCO layout beside --data)")
-    _inference_args(parser)
+    parser.add_argument(
+        "--data", required=True, metavar="JSON", help="COCO or LVIS JSON, or CrowdHuman .odgt annotations"
+    )
+    parser.add_argument(
+        "--images", default=None, help="image folder (default: COCO layout, or Images/ beside a .odgt file)"
+    )
+    _inference_args(parser, several=True)
     parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
     parser.add_argument("--max-images", type=int, default=0, help="evaluate the first N images only (0: all)")
-    parser.add_argument("--results", default=None, help="also write the COCO-results JSON here")
+    parser.add_argument(
+        "--results", help="also write the detections here (COCO results, or CrowdHuman odgt lines)"
+    )
+    parser.add_argument("--metrics-out", metavar="JSON", help="also write the metrics here")
+    parser.add_argument(
+        "--class", dest="class_name", default=None, metavar="NAME",
+        help="CrowdHuman: score this class of the weights (e.g. person for a COCO model, zero-shot)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--crowdhuman-box", choices=("vbox", "fbox", "hbox"), default="vbox",
+        help="CrowdHuman box scored: visible body (default, as the paper's Table 1), full body, or head",
+    )  # fmt: skip
+
+
+def _one(value: int | list[int] | None, flag: str) -> int | None:
+    """A single --boxes / --steps value (eval parses lists, and only CrowdHuman evaluation sweeps)."""
+    if not isinstance(value, list):
+        return value
+    if not value:
+        return None
+    if len(value) > 1:
+        raise InputError(
+            f"{flag} takes one value here (several values sweep CrowdHuman .odgt evaluation only)"
+        )
+    return value[0]
 
 
 def _knobs(args: argparse.Namespace) -> dict[str, object]:
-    return {"num_boxes": args.boxes, "steps": args.steps, "seed": args.seed}
+    return {"num_boxes": _one(args.boxes, "--boxes"), "steps": _one(args.steps, "--steps"), "seed": args.seed}
 
 
 def detect_main(args: argparse.Namespace) -> int:
@@ -299,7 +336,13 @@ def _require_lvis() -> None:
 
 def eval_main(args: argparse.Namespace) -> int:
     """``diffdet eval``: prints the AP table; returns the exit status (2 on an unusable input)."""
+    if Path(args.data).suffix.lower() == ".odgt":
+        from diffdet.crowdhuman_cli import eval_crowdhuman_main
+
+        return eval_crowdhuman_main(args)
     try:
+        if args.class_name is not None:
+            raise InputError("--class applies to CrowdHuman (.odgt) evaluation only")
         dataset = coco_dataset(args.data, args.images, args.max_images)
         if dataset.is_lvis:
             _require_lvis()
@@ -313,4 +356,7 @@ def eval_main(args: argparse.Namespace) -> int:
         return USAGE_ERROR
     print(f"{'LVIS' if dataset.is_lvis else 'COCO'} box AP over {len(dataset)} image(s) of {args.data}:")
     print(format_metrics(metrics))
+    if args.metrics_out:
+        Path(args.metrics_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.metrics_out).write_text(json.dumps(metrics, indent=2))
     return 0

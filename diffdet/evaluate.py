@@ -17,7 +17,9 @@ import numpy as np
 import torch
 from pycocotools.cocoeval import COCOeval
 
+from diffdet import crowdhuman_eval
 from diffdet.data.coco import CocoDetection
+from diffdet.data.crowdhuman import CrowdHumanDetection
 from diffdet.data.loader import build_test_loader
 from diffdet.engine.distributed import all_gather_objects, get_rank, get_world_size, is_main_process
 
@@ -98,8 +100,9 @@ def evaluate(
         **inference_kwargs: per-call inference knobs passed to the model (``num_boxes``, ``steps``...).
 
     Returns:
-        The metrics of :func:`coco_box_ap` (of :func:`diffdet.evaluate_lvis.lvis_box_ap` when
-        ``dataset.is_lvis``) on rank 0; None on other ranks.
+        The metrics of :func:`coco_box_ap` on rank 0 (those of
+        :func:`diffdet.evaluate_lvis.lvis_box_ap` when ``dataset.is_lvis``, of
+        :func:`diffdet.crowdhuman_eval.score_results` for a CrowdHumanDetection); None on other ranks.
     """
     was_training = model.training
     model.eval()
@@ -119,6 +122,8 @@ def evaluate(
     if results_path is not None:
         Path(results_path).parent.mkdir(parents=True, exist_ok=True)
         Path(results_path).write_text(json.dumps(results))
+    if isinstance(dataset, CrowdHumanDetection):  # the CrowdHuman benchmark's metrics instead of COCO AP
+        return crowdhuman_eval.score_results(dataset, results, image_ids)
     if getattr(dataset, "is_lvis", False):
         from diffdet.evaluate_lvis import lvis_box_ap
 

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from diffdet.config import Config, dump_config, load_config
-from diffdet.data.coco import BadAnnotationError, CocoDetection
+from diffdet.data.coco import BadAnnotationError, BadImageError, CocoDetection
+from diffdet.data.crowdhuman import detection_dataset
 from diffdet.data.transforms import TrainTransform
 from diffdet.engine import distributed as du
 from diffdet.engine.trainer import Trainer
@@ -26,16 +27,22 @@ from diffdet.engine.trainer import Trainer
 def build_datasets(cfg: Config) -> tuple[CocoDetection, CocoDetection | None]:
     """The training set (with the reference's augmentation) and the evaluation set (original size).
 
+    Each is a CocoDetection, or a CrowdHumanDetection for odgt annotations (``data.annotation_format``).
     The evaluation set is None when ``data.val_annotations`` is empty.
     """
     d = cfg.data
     transform = TrainTransform(
         d.min_size_train, d.max_size_train, d.flip_prob, d.crop, d.crop_resize, d.crop_size
     )
-    train_set = CocoDetection(d.train_images, d.train_annotations, transform, d.skip_bad, d.max_train_images)
+    kind = {"annotation_format": d.annotation_format, "crowdhuman_box": d.crowdhuman_box}
+    train_set = detection_dataset(
+        d.train_images, d.train_annotations, transform, d.skip_bad, d.max_train_images, **kind
+    )
     val_set = None
     if d.val_annotations:
-        val_set = CocoDetection(d.val_images, d.val_annotations, None, d.skip_bad, d.max_val_images)
+        val_set = detection_dataset(
+            d.val_images, d.val_annotations, None, d.skip_bad, d.max_val_images, **kind
+        )
     return train_set, val_set
 
 
@@ -67,7 +74,7 @@ def set_fed_loss_weights(model: torch.nn.Module, train_set: CocoDetection, power
 
 
 def run(cfg: Config, resume: bool = False, weights: str | None = None) -> dict[str, float] | None:
-    """Train (or resume) a detector as ``cfg`` says; returns the final COCO metrics on rank 0.
+    """Train (or resume) a detector as ``cfg`` says; returns the final metrics on rank 0.
 
     Args:
         cfg (Config): the run's configuration.
@@ -75,8 +82,8 @@ def run(cfg: Config, resume: bool = False, weights: str | None = None) -> dict[s
         weights (str | None): ImageNet backbone weights to start from (ignored when resuming).
 
     Returns:
-        dict[str, float] | None: AP, AP50, ... of the last evaluation (None on other ranks or
-        without an evaluation set).
+        dict[str, float] | None: AP, AP50, ... of the last evaluation (AP50, mMR, recall, JI on
+        CrowdHuman; None on other ranks or without an evaluation set).
     """
     from diffdet.modeling.build import build_detector
 
@@ -146,11 +153,12 @@ def run_args(args: argparse.Namespace) -> int:
     cfg = load_config(_config_path(args.config), overrides)
     try:
         metrics = run(cfg, resume=args.resume, weights=args.weights)
-    except (BadAnnotationError, FileNotFoundError) as err:  # a bad or missing file: one line naming it
+    except (BadAnnotationError, BadImageError, FileNotFoundError) as err:  # one line naming the file
         print(f"train: error: {err}", file=sys.stderr)
         return 2
     if metrics is not None:
-        print("box AP: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        name = "CrowdHuman" if "mMR" in metrics else "box AP"
+        print(f"{name}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     return 0
 
 

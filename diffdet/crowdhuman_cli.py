@@ -1,0 +1,214 @@
+"""``diffdet eval --data annotation_val.odgt``: CrowdHuman AP50, mMR, recall and JI of a checkpoint.
+
+A one-class CrowdHuman model is scored as it is; ``--class person`` scores one class of any model
+(a COCO model's person detections, zero-shot, as the paper's Table 1), the other classes' detections
+dropped. Several ``--boxes`` / ``--steps`` values evaluate every combination, one table row each.
+Detections are written with ``--results`` in the CrowdHuman toolkit's format (one JSON line per
+image: ``ID``, ``height``, ``width``, ``dtboxes`` of ``{"box": [x, y, w, h], "score", "tag": 1}``),
+and the metrics with ``--metrics-out`` as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from diffdet.detect import USAGE_ERROR, InputError, _Progress, load_detector, pick_device
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from diffdet.data.crowdhuman import CrowdHumanDetection
+
+COLUMNS = ("boxes", "steps", "AP50", "mMR", "recall", "JI")
+
+
+def crowdhuman_dataset(
+    annotations: str | Path, images: str | Path | None, max_images: int = 0, box: str = "vbox"
+) -> CrowdHumanDetection:
+    """A CrowdHuman dataset; without ``images``, the release layout: ``Images/`` beside the odgt file.
+
+    Raises:
+        InputError: the odgt file is missing or malformed (file and line named), the image folder does
+            not exist, or an image is missing or unreadable.
+    """
+    from diffdet.data.coco import BadAnnotationError, BadImageError
+    from diffdet.data.crowdhuman import CrowdHumanDetection
+
+    annotations = Path(annotations)
+    if not annotations.is_file():
+        raise InputError(f"annotation file {annotations} does not exist")
+    images = Path(images) if images is not None else annotations.parent / "Images"
+    if not images.is_dir():
+        raise InputError(f"image folder {images} does not exist (pass --images)")
+    try:
+        return CrowdHumanDetection(images, annotations, max_images=max_images, box=box)
+    except (FileNotFoundError, BadAnnotationError, BadImageError) as err:
+        raise InputError(str(err)) from err
+
+
+class OneClass:
+    """A detector whose outputs keep only the detections of one class, relabelled 0.
+
+    It offers what :func:`diffdet.evaluate.evaluate` uses of a model: ``training``, ``eval``,
+    ``train`` and the call.
+    """
+
+    def __init__(self, model: nn.Module, label: int) -> None:
+        self.model, self.label = model, label
+
+    @property
+    def training(self) -> bool:
+        return self.model.training
+
+    def eval(self) -> OneClass:
+        self.model.eval()
+        return self
+
+    def train(self, mode: bool = True) -> OneClass:
+        self.model.train(mode)
+        return self
+
+    def __call__(self, images: list[torch.Tensor], **kwargs: object) -> list[dict[str, torch.Tensor]]:
+        outputs = []
+        for out in self.model(images, **kwargs):
+            keep = out["labels"] == self.label
+            out = {k: v[keep] for k, v in out.items()}
+            out["labels"] = out["labels"].new_zeros(out["labels"].shape)
+            outputs.append(out)
+        return outputs
+
+
+def class_label(model: nn.Module, class_name: str | None) -> int:
+    """The contiguous label scored: ``class_name``'s among the model's classes, or 0 for a one-class model.
+
+    Raises:
+        InputError: the model has no class of that name, or several classes and no ``class_name``.
+    """
+    names = list(model.class_names)
+    if class_name is None:
+        if len(names) != 1:
+            raise InputError(
+                f"the weights detect {len(names)} classes; pass --class NAME to score one of them "
+                f"on CrowdHuman (e.g. --class person)"
+            )
+        return 0
+    if class_name not in names:
+        raise InputError(
+            f"--class {class_name}: the weights have no such class (classes: {', '.join(names[:10])}...)"
+        )
+    return names.index(class_name)
+
+
+def write_results(path: Path, coco_results: list[dict], dataset: CrowdHumanDetection) -> None:
+    """Write COCO-results entries as the CrowdHuman toolkit's detection file (module docstring)."""
+    boxes: dict[int, list[dict]] = {}
+    for r in coco_results:
+        boxes.setdefault(int(r["image_id"]), []).append({"box": r["bbox"], "score": r["score"], "tag": 1})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for record in dataset.records:
+            line = {"ID": record.name, "height": record.height, "width": record.width}
+            f.write(json.dumps({**line, "dtboxes": boxes.get(record.image_id, [])}) + "\n")
+
+
+def sweep(boxes: list[int] | None, steps: list[int] | None) -> list[dict[str, int | None]]:
+    """Every ``{"num_boxes", "steps"}`` combination (None keeps the model's default)."""
+    return [{"num_boxes": b, "steps": s} for b, s in itertools.product(boxes or [None], steps or [None])]
+
+
+def run_crowdhuman_eval(
+    model: nn.Module, dataset: CrowdHumanDetection, label: int, *, batch_size: int = 1, seed: int = 0,
+    settings: list[dict] | None = None, results_path: Path | None = None, progress: bool = True,
+) -> list[dict[str, float]]:  # fmt: skip
+    """CrowdHuman metrics of one class of ``model`` for each inference setting.
+
+    Args:
+        model: a detector in eval mode (``class_names``, ``cfg.num_proposals``, ``cfg.sample_steps``).
+        dataset: the CrowdHuman evaluation set.
+        label: the contiguous class scored (see :func:`class_label`).
+        batch_size: images per forward pass.
+        seed: seed of the sampler's random boxes.
+        settings: ``{"num_boxes", "steps"}`` per row (None: the model's defaults).
+        results_path: write the detections here (the toolkit's format); with several settings, one file
+            each, named ``STEM_boxesB_stepsS.SUFFIX``.
+        progress: show a progress bar.
+
+    Returns:
+        One dict per setting: ``boxes``, ``steps`` (the values used), ``AP50``, ``mMR``, ``recall``, ``JI``.
+
+    Raises:
+        InputError: an image cannot be read.
+    """
+    from tqdm import tqdm
+
+    from diffdet.data.coco import BadImageError
+    from diffdet.evaluate import evaluate
+
+    settings = settings or sweep(None, None)
+    rows = []
+    device = model.pixel_mean.device
+    for knobs in settings:
+        used = {
+            "boxes": model.cfg.num_proposals if knobs["num_boxes"] is None else knobs["num_boxes"],
+            "steps": model.cfg.sample_steps if knobs["steps"] is None else knobs["steps"],
+        }
+        with tempfile.TemporaryDirectory() as tmp, tqdm(
+            total=len(dataset), desc=f"eval {used['boxes']} boxes, {used['steps']} steps", unit="img",
+            disable=not progress,
+        ) as bar:  # fmt: skip
+            coco_results = Path(tmp) / "results.json"
+            try:
+                metrics = evaluate(
+                    _Progress(OneClass(model, label), bar), dataset, device, batch_size=batch_size,
+                    results_path=coco_results, seed=seed, **knobs,
+                )  # fmt: skip
+            except BadImageError as err:
+                raise InputError(str(err)) from err
+            if results_path is not None:
+                name = f"{results_path.stem}_boxes{used['boxes']}_steps{used['steps']}{results_path.suffix}"
+                target = results_path if len(settings) == 1 else results_path.with_name(name)
+                write_results(target, json.loads(coco_results.read_text()), dataset)
+        rows.append({**used, **metrics})
+    return rows
+
+
+def format_rows(rows: list[dict[str, float]]) -> str:
+    """The metrics table: a header, then one row per setting (metrics in percent)."""
+    lines = ["".join(f"{c:>8}" for c in COLUMNS)]
+    for row in rows:
+        lines.append(
+            f"{row['boxes']:>8}{row['steps']:>8}" + "".join(f"{100 * row[c]:>8.2f}" for c in COLUMNS[2:])
+        )
+    return "\n".join(lines)
+
+
+def eval_crowdhuman_main(args: argparse.Namespace) -> int:
+    """``diffdet eval`` on a ``.odgt`` file: prints the table; returns the exit status (2 on bad input)."""
+    try:
+        dataset = crowdhuman_dataset(args.data, args.images, args.max_images, args.crowdhuman_box)
+        model = load_detector(args.weights, pick_device(args.device))
+        label = class_label(model, args.class_name)
+        rows = run_crowdhuman_eval(
+            model, dataset, label, batch_size=args.batch_size, seed=args.seed,
+            settings=sweep(args.boxes, args.steps), progress=not args.no_progress,
+            results_path=Path(args.results) if args.results else None,
+        )  # fmt: skip
+    except InputError as err:
+        print(f"diffdet eval: error: {err}", file=sys.stderr)
+        return USAGE_ERROR
+    print(
+        f"CrowdHuman ({args.crowdhuman_box}) over {len(dataset)} image(s) of {args.data}, "
+        f"class {model.class_names[label]!r} of the weights:"
+    )
+    print(format_rows(rows))
+    if args.metrics_out:
+        Path(args.metrics_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.metrics_out).write_text(json.dumps(rows, indent=2))
+    return 0
