@@ -14,6 +14,8 @@ unmatched query in a loop that, like the reference, re-resolves conflicts with t
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 
@@ -24,6 +26,11 @@ CENTER_RADIUS = 2.5  # in units of the GT box size (reference `get_in_boxes_info
 NOT_IN_BOX_AND_CENTER_COST = 100.0
 NOT_FG_COST = 10000.0
 MATCHED_QUERY_PENALTY = 100000.0
+MAX_REPAIR_ROUNDS = 1000
+"""Rounds of the reference's "every GT gets a query" loop before it is cut. The reference loops
+forever on some cost matrices (seen with random costs: 22 of 200 with 14 GT boxes for 8 queries, and
+near-square ones with fewer GT boxes than queries), hanging training; the cut turns that into a
+warning. Matrices that settle within the cut get the reference's result."""
 
 
 def in_boxes_info(pred_xyxy: Tensor, gt_xyxy: Tensor) -> tuple[Tensor, Tensor]:
@@ -59,7 +66,9 @@ def dynamic_k_matching(cost: Tensor, ious: Tensor, ota_k: int) -> tuple[Tensor, 
 
     Returns:
         ``(selected, gt_index)``: bool [P], the queries that are matched; int64 [M], the GT index
-        of each selected query in increasing query order (M = selected.sum()).
+        of each selected query in increasing query order (M = selected.sum()). Where the
+        reference would loop forever, the loop stops after :data:`MAX_REPAIR_ROUNDS` rounds with a
+        RuntimeWarning and the GT boxes still without a query go unsupervised in this stage.
     """
     num_queries, _ = cost.shape
     matching = torch.zeros_like(cost)  # [P, G]
@@ -75,7 +84,18 @@ def dynamic_k_matching(cost: Tensor, ious: Tensor, ota_k: int) -> tuple[Tensor, 
         matching[multi] = 0
         matching[multi, cost[multi].argmin(dim=1)] = 1
 
+    rounds = 0
     while (matching.sum(0) == 0).any():
+        rounds += 1
+        if rounds > MAX_REPAIR_ROUNDS:
+            warnings.warn(
+                f"dynamic-k matching gave up after {MAX_REPAIR_ROUNDS} rounds: "
+                f"{int((matching.sum(0) == 0).sum())} of {matching.shape[1]} GT boxes keep no query "
+                f"(the reference would loop forever; more proposals than GT boxes make it rarer)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            break
         cost[matching.sum(1) > 0] += MATCHED_QUERY_PENALTY
         for gt_idx in torch.nonzero(matching.sum(0) == 0).squeeze(1):
             matching[cost[:, gt_idx].argmin(), gt_idx] = 1

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
 from diffdet.losses import LossConfig
+from diffdet.losses import matcher as matcher_module
 from diffdet.losses.matcher import DynamicKMatcher, dynamic_k_matching, in_boxes_info
 
 
@@ -91,3 +94,24 @@ def test_matcher_handles_images_without_gt_and_checks_the_batch():
         matcher(outputs, [empty, empty])
     with pytest.raises(ValueError, match="cost_class"):
         DynamicKMatcher(0, 0, 0, 0.25, 2.0, 5)
+
+
+def test_repair_loop_that_never_settles_is_cut_with_a_warning(monkeypatch):
+    """14 GT boxes for 8 queries: the reference's loop never settles on some cost matrices (it hangs);
+    ours stops after MAX_REPAIR_ROUNDS with a warning and a valid matching."""
+    monkeypatch.setattr(matcher_module, "MAX_REPAIR_ROUNDS", 300)
+    settled = cut = 0
+    for seed in range(40):
+        g = torch.Generator().manual_seed(seed)
+        cost, ious = torch.rand(8, 14, generator=g), torch.rand(8, 14, generator=g) * 0.3
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            selected, gt_index = dynamic_k_matching(cost, ious, 5)
+        assert gt_index.numel() == int(selected.sum()) <= 8
+        assert gt_index.min() >= 0 and gt_index.max() < 14
+        if caught:
+            assert "gave up after 300 rounds" in str(caught[0].message)
+            cut += 1
+        else:
+            settled += 1
+    assert cut > 0 and settled > 0
