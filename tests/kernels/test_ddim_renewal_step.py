@@ -149,6 +149,41 @@ def test_ddim_renewal_step_matches_reference(device, triton_backend, kept, p, lo
     assert num_kept.tolist() == kept
 
 
+@pytest.mark.parametrize("where", ["boxes", "img", "logits", "refill"])
+@pytest.mark.parametrize("logits_dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_ddim_renewal_step_propagates_nan_as_the_reference(device, triton_backend, where, logits_dtype):
+    """NaN in one input: torch.clamp and amax propagate it, so the kernel's clamps and max must too
+    (a NaN logit makes the score NaN: the proposal is not kept)."""
+    img, pred_boxes, logits, whwh, ddim_noise, refill_noise = make_inputs([6, 9], 20, seed=5)
+    nan = float("nan")
+    kept_rows = [(logits[b].amax(-1) > 0).nonzero()[:, 0].tolist() for b in range(2)]
+    dropped = next(r for r in range(20) if r not in kept_rows[1])
+    if where == "boxes":  # kept boxes: x0 of the slots they land in is NaN
+        pred_boxes[0, kept_rows[0][0], 1] = nan
+        pred_boxes[1, kept_rows[1][3], 2] = nan
+        pred_boxes[1, dropped, 0] = nan  # never read
+    elif where == "img":  # a kept box's eps
+        img[0, kept_rows[0][2], 3] = nan
+    elif where == "logits":
+        logits[1, kept_rows[1][1], 0] = nan  # a kept row: dropped, as the reference's NaN score is
+        logits[1, dropped, 2] = nan  # a dropped row stays dropped
+    else:  # a refill slot: next_img copies the NaN, next_boxes clamps it
+        refill_noise[:, 17, 0] = nan
+    inputs = (img, pred_boxes, logits.to(logits_dtype), whwh, ddim_noise, refill_noise)
+    inputs = tuple(x.to(device) for x in inputs)
+    for pair in PAIRS:
+        expected = ddim_renewal_step_reference(*inputs, **step_kwargs(pair))
+        got = ddim_renewal_step(*inputs, **step_kwargs(pair))
+        assert got[2].tolist() == expected[2].tolist() == [6, 8 if where == "logits" else 9], "num_kept"
+        for name, g, e in zip(("next_img", "next_boxes"), got[:2], expected[:2], strict=True):
+            assert torch.equal(g.isnan(), e.isnan()), f"{name}: NaN exactly where the reference has it"
+        assert where == "logits" or expected[1].isnan().any()
+        torch.testing.assert_close(got[0], expected[0], rtol=1e-4, atol=1e-5, equal_nan=True, msg="next_img")
+        torch.testing.assert_close(
+            got[1], expected[1], rtol=1e-4, atol=1e-3, equal_nan=True, msg="next_boxes"
+        )
+
+
 @pytest.mark.parametrize("block_p", [16, 32])
 def test_ddim_renewal_step_fwd_carries_count_across_tiles(device, block_p):
     from diffdet.kernels.ddim_renewal_step import ddim_renewal_step_fwd
