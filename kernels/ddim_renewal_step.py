@@ -38,6 +38,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _device
+
 
 @triton.jit
 def _clamp(x, lo, hi):
@@ -228,12 +230,14 @@ def ddim_renewal_step_fwd(
     if block_p is None:
         block_p = min(1024, max(16, triton.next_power_of_2(p)))
     block_k = max(16, min(triton.next_power_of_2(ncls), 16384 // block_p))
-    _ddim_renewal_step_kernel[(b,)](
-        img, pred_boxes, pred_logits, image_whwh, ddim_noise, refill_noise, next_img, next_boxes, num_kept,
-        p, ncls,
-        sqrt_recip, sqrt_recipm1, sqrt_alpha_next, c, sigma, scale, threshold,
-        img.stride(0), pred_boxes.stride(0), pred_logits.stride(0), pred_logits.stride(1),
-        ddim_noise.stride(0), refill_noise.stride(0),
-        BLOCK_P=block_p, BLOCK_K=block_k, RENEWAL=renewal, num_warps=8 if block_p >= 512 else 4,
-    )  # fmt: skip
+    with _device.on_device(img.device):  # Triton launches on the current device, not the tensors'
+        _ddim_renewal_step_kernel[(b,)](
+            img, pred_boxes, pred_logits, image_whwh, ddim_noise, refill_noise,
+            next_img, next_boxes, num_kept,
+            p, ncls,
+            sqrt_recip, sqrt_recipm1, sqrt_alpha_next, c, sigma, scale, threshold,
+            img.stride(0), pred_boxes.stride(0), pred_logits.stride(0), pred_logits.stride(1),
+            ddim_noise.stride(0), refill_noise.stride(0),
+            BLOCK_P=block_p, BLOCK_K=block_k, RENEWAL=renewal, num_warps=8 if block_p >= 512 else 4,
+        )  # fmt: skip
     return next_img, next_boxes, num_kept
