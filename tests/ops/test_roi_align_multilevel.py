@@ -412,8 +412,10 @@ def test_roi_align_multilevel_rejects_bad_options(kw, name):
 @pytest.mark.parametrize(("dtype", "atol", "rtol"), [d for d in DTYPES if d[0] != torch.float64])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("bin_major", [False, True])
-def test_roi_align_multilevel_cuda_matches_reference(dtype, atol, rtol, channels_last, bin_major):
-    feats = [f.cuda() for f in make_features(channels=67, dtype=dtype)]
+@pytest.mark.parametrize("channels", [67, 520])
+def test_roi_align_multilevel_cuda_matches_reference(dtype, atol, rtol, channels_last, bin_major, channels):
+    """67 channels: one partial block of threads; 520: two full 256-channel blocks and a partial one."""
+    feats = [f.cuda() for f in make_features(channels=channels, dtype=dtype)]
     if channels_last:
         feats = [f.contiguous(memory_format=torch.channels_last) for f in feats]
     boxes, batch_idx = make_boxes(513)
@@ -424,8 +426,14 @@ def test_roi_align_multilevel_cuda_matches_reference(dtype, atol, rtol, channels
 @pytest.mark.gpu
 @needs_cuda_kernel
 @pytest.mark.parametrize("sampling_ratio", [0, 2])
-def test_roi_align_multilevel_cuda_backward_matches_cpu(sampling_ratio):
-    feats = make_features(channels=33)
+@pytest.mark.parametrize(
+    ("dtype", "tol"), [(torch.float32, 1e-4), (torch.float16, 1e-2), (torch.bfloat16, 2e-2)], ids=str
+)
+@pytest.mark.parametrize("channels", [33, 300])
+def test_roi_align_multilevel_cuda_backward_matches_cpu(sampling_ratio, dtype, tol, channels):
+    """Both kernels accumulate in fp32 and round once: half and bf16 gradients agree to their rounding;
+    300 channels span two thread blocks."""
+    feats = [f.to(dtype) for f in make_features(channels=channels)]
     boxes, batch_idx = make_boxes(200)
     grads = []
     for device in ("cpu", "cuda"):
@@ -436,7 +444,10 @@ def test_roi_align_multilevel_cuda_backward_matches_cpu(sampling_ratio):
         out.backward(torch.ones_like(out))
         grads.append([m.grad.cpu() for m in maps])
     for level, (got, want) in enumerate(zip(grads[1], grads[0], strict=True)):
-        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4, msg=f"grad[features[{level}]]")
+        assert got.dtype == dtype
+        torch.testing.assert_close(
+            got.float(), want.float(), atol=tol, rtol=tol, msg=f"grad[features[{level}]] ({dtype})"
+        )
 
 
 @pytest.mark.gpu
