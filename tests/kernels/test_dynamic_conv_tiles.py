@@ -82,3 +82,74 @@ def test_shapes_beyond_the_kernels_do_not_fit(c, elem_size):
 def test_no_budget_means_no_limit():
     """The interpreter (budget None) runs every shape with its single config."""
     assert tiles.kernels_fit(49, 4096, 256, FP32, None)
+
+
+# Compiles kernels for sm_90 ahead of time (no GPU needed: Triton's bundled ptxas) in a fresh process,
+# since this one runs Triton in the interpreter, and prints each one's shared memory in bytes.
+_AOT_SCRIPT = """
+import json, sys, triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from diffdet.kernels import dynamic_conv as dc
+
+kernels = {"bins": dc._dynamic_conv_bins_kernel.fn, "out": dc._dynamic_conv_out_kernel.fn.fn}
+shared = []
+for name, ptr, consts, warps, stages in json.loads(sys.argv[1]):
+    fn = kernels[name]
+    sig = {n: "constexpr" if n in consts else "fp32" if n == "eps" else ptr if n.endswith("_ptr") else "i32"
+           for n in fn.arg_names}
+    if name == "out":
+        sig["partial_ptr"] = "*fp32"
+    src = ASTSource(fn=fn, signature=sig, constexprs=consts)
+    options = dict(num_warps=warps, num_stages=stages)
+    shared.append(triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options).metadata.shared)
+print(json.dumps(shared))
+"""
+
+
+def _largest_bins_case(c: int, ptr: str, size: int) -> tuple[tuple, int]:
+    """Kernel 1's kept config with the largest estimate at (C, D = 64, 49 bins): (case, estimate)."""
+    bc = tiles.pow2(c)
+    kept = tiles.keep_bins_configs(tiles.BINS_CONFIGS, s2=49, c=c, d=64, elem_size=size, budget=HOPPER)
+    sized = [
+        (tiles.bins_shared_memory(g.kwargs["BLOCK_S"], bc, 64, g.kwargs["BLOCK_CK"], g.num_stages, size), g)
+        for g in kept
+    ]
+    estimate, g = max(sized, key=lambda pair: pair[0])
+    consts = dict(g.kwargs, BLOCK_C=bc, BLOCK_D=64, IEEE=size == FP32, DOT_FP32=False)
+    return ("bins", ptr, consts, g.num_warps, g.num_stages), estimate
+
+
+def _largest_out_case(c: int, ptr: str, size: int) -> tuple[tuple, int]:
+    """Kernel 2's kept config with the largest estimate at C (its BLOCK_M): (case, estimate)."""
+    bc, bm = tiles.pow2(c), tiles.out_block_m(c, size, HOPPER)
+    kept = tiles.keep_out_configs(tiles.OUT_CONFIGS, block_m=bm, c=c, elem_size=size, budget=HOPPER)
+    sized = [(tiles.out_shared_memory(bm, bc, g.kwargs["BLOCK_K"], g.num_stages, size), g) for g in kept]
+    estimate, g = max(sized, key=lambda pair: pair[0])
+    consts = dict(g.kwargs, BLOCK_M=bm, BLOCK_N=bc, SPLIT_K=1, IEEE=size == FP32, DOT_FP32=False)
+    consts.update(EVEN_K=49 * c % g.kwargs["BLOCK_K"] == 0, EVEN_N=c == bc)
+    return ("out", ptr, consts, g.num_warps, g.num_stages), estimate
+
+
+def test_estimates_bound_the_shared_memory_triton_compiles_for_sm90():
+    """The kept config with the largest estimate, per kernel, at fp32 C = 512 and bf16 C = 1024
+    (D = 64, 49 bins), compiled for sm_90: Triton's shared memory <= the estimate <= 227 KiB."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    pairs = [make(c, ptr, size) for c, ptr, size in [(512, "*fp32", FP32), (1024, "*bf16", HALF)]
+             for make in (_largest_bins_case, _largest_out_case)]  # fmt: skip
+    cases = [case for case, _ in pairs]
+    env = {**os.environ, "TRITON_INTERPRET": "0", "PYTHONPATH": os.pathsep.join(sys.path)}
+    command = [sys.executable, "-c", _AOT_SCRIPT, json.dumps(cases)]
+    from triton.backends import backends
+
+    if "nvidia" not in backends:
+        pytest.skip("this Triton has no NVIDIA backend to compile for sm_90")
+    run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    shared = json.loads(run.stdout.strip().splitlines()[-1])
+    for (case, estimate), used in zip(pairs, shared, strict=True):
+        assert used <= estimate <= HOPPER, f"{case}: compiled {used} B, estimated {estimate} B"
