@@ -137,5 +137,5 @@ def shared_memory_budget(device: torch.device) -> int | None:
     index = device.index if device.index is not None else torch.cuda.current_device()
     try:
         return int(triton.runtime.driver.active.utils.get_device_properties(index)["max_shared_mem"])
-    except (AttributeError, KeyError, RuntimeError):
+    except (AttributeError, ImportError, KeyError, RuntimeError, TypeError):  # a Triton without that query
         return HOPPER_SHARED_MEMORY
