@@ -6,9 +6,10 @@ levels given, computed in the boxes' dtype. A box whose level is undefined (nega
 coordinate) pools to zeros, as in detectron2 and torchvision, where such a level matches no level.
 Pooling is torchvision's RoIAlign: ``S x S`` bins, ``sampling_ratio`` samples per bin side (0:
 ``ceil(bin size)``, adaptive, capped at ``MAX_ADAPTIVE_GRID``; none for a negative size), bilinear
-samples, zero outside ``[-1, H] x [-1, W]``; ``aligned=True`` shifts by half a pixel. As
-detectron2's ``ROIAlign`` does, the box coordinates are rounded to the features' dtype before
-sampling; sums are accumulated in float32 (float64 for float64 features).
+samples; a sample outside ``[-1, H] x [-1, W]`` adds nothing and reads no pixel (so a level with H or
+W = 0 pools to zeros, and a non-finite pixel reaches only the samples that tap it); ``aligned=True``
+shifts by half a pixel. As detectron2's ``ROIAlign`` does, the box coordinates are rounded to the
+features' dtype before sampling; sums are accumulated in float32 (float64 for float64 features).
 
 Differentiable w.r.t. the features (not the boxes). The forward and the CPU backward are
 deterministic; the CUDA backward adds with atomics, so under ``torch.use_deterministic_algorithms(True)``
