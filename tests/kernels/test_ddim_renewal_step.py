@@ -295,3 +295,42 @@ def test_ddim_renewal_step_is_one_launch(triton_backend):
         torch.cuda.synchronize()
     kernels = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     assert len(kernels) == 1 and "ddim_renewal_step" in kernels[0], kernels
+
+
+_PTX_SCRIPT = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from diffdet.kernels import ddim_renewal_step as m
+
+fn = m._ddim_renewal_step_kernel
+floats = {"sqrt_recip", "sqrt_recipm1", "sqrt_alpha_next", "c", "sigma", "scale", "threshold"}
+ptrs = {"img_ptr": "*fp64", "next_img_ptr": "*fp64", "num_kept_ptr": "*i64"}
+consts = dict(BLOCK_P=64, BLOCK_K=16, RENEWAL=True)
+sig = {n: "constexpr" if n in consts else ptrs.get(n, "*fp32") if n.endswith("_ptr") else
+       "fp32" if n in floats else "i32" for n in fn.arg_names}
+src = ASTSource(fn=fn, signature=sig, constexprs=consts)
+print(triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4)).asm["ptx"])
+"""
+
+
+def test_compiled_step_uses_only_nan_propagating_min_max():
+    """The GPU code itself (compiled for sm_90 ahead of time, no GPU needed): every f32 min/max is the
+    NaN-propagating PTX form, where the default tl.minimum/maximum/max compile to min.f32/max.f32,
+    which drop NaN (the interpreter of Triton <= 3.6 propagates NaN either way, so it cannot tell)."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from triton.backends import backends
+
+    if "nvidia" not in backends:
+        pytest.skip("this Triton has no NVIDIA backend to compile for sm_90")
+    env = {**os.environ, "TRITON_INTERPRET": "0", "PYTHONPATH": os.pathsep.join(sys.path)}
+    run = subprocess.run(
+        [sys.executable, "-c", _PTX_SCRIPT], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert re.search(r"\b(?:max|min)\.NaN\.f32", run.stdout)
+    assert not re.search(r"\b(?:max|min)(?:\.ftz)?\.f32", run.stdout), "a min/max that drops NaN"
