@@ -5,3 +5,10 @@ inputs, registers autograd and fake kernels and calls the module's host launcher
 ``dynamic_conv`` (fused instance interaction) and ``ddim_renewal_step`` (fused DDIM update and box
 renewal). Modules here import nothing from ``diffdet.modeling``.
 """
+
+import os
+
+if os.environ.get("TRITON_INTERPRET", "0") == "1":
+    from . import _interpreter
+
+    _interpreter.install()  # Triton <= 3.6's interpreter with NumPy >= 2.4 (see _interpreter.py)

@@ -25,7 +25,11 @@ Dtype policy: loads fp64/fp32/bf16/fp16; computes in fp32 (the reference compute
 sum in float64 as the published code does, so results agree to fp32 rounding, ~1e-6 relative); stores
 next_img as float64 and next_boxes in pred_boxes' dtype. The keep test rounds sigmoid to the logits'
 dtype before comparing, as ``torch.sigmoid(logits) > threshold`` does; a score within one ulp of the
-threshold may still be decided differently. Limits: any B, P and NCLS. Deterministic.
+threshold may still be decided differently. NaN propagates as in the reference (``torch.clamp`` and
+``amax`` propagate it): every min/max here is NaN-propagating (``_clamp``, ``_max_nan``), where
+``tl.minimum``/``tl.maximum``/``tl.max`` by default return the other operand on the GPU. A NaN box or
+image coordinate gives NaN outputs; a NaN logit makes the proposal's score NaN, so it is not kept.
+Limits: any B, P and NCLS. Deterministic.
 """
 
 from __future__ import annotations
@@ -34,21 +38,36 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _device
+
+
+@triton.jit
+def _clamp(x, lo, hi):
+    """torch.clamp(x, lo, hi): NaN stays NaN (the default tl.minimum/maximum would drop it on a GPU)."""
+    x = tl.maximum(x, lo, propagate_nan=tl.PropagateNan.ALL)
+    return tl.minimum(x, hi, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _max_nan(a, b):
+    """Combine function of a NaN-propagating max reduction (torch.amax semantics)."""
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
 
 @triton.jit
 def _boxes_from_img(cx, cy, w, h, img_w, img_h, scale):
     """Diffusion-space cxcywh -> xyxy absolute pixels (clamp, /scale, +1, /2, * whwh)."""
-    cx = (tl.minimum(tl.maximum(cx, -scale), scale) / scale + 1) / 2
-    cy = (tl.minimum(tl.maximum(cy, -scale), scale) / scale + 1) / 2
-    w = (tl.minimum(tl.maximum(w, -scale), scale) / scale + 1) / 2
-    h = (tl.minimum(tl.maximum(h, -scale), scale) / scale + 1) / 2
+    cx = (_clamp(cx, -scale, scale) / scale + 1) / 2
+    cy = (_clamp(cy, -scale, scale) / scale + 1) / 2
+    w = (_clamp(w, -scale, scale) / scale + 1) / 2
+    h = (_clamp(h, -scale, scale) / scale + 1) / 2
     return (cx - 0.5 * w) * img_w, (cy - 0.5 * h) * img_h, (cx + 0.5 * w) * img_w, (cy + 0.5 * h) * img_h
 
 
 @triton.jit
 def _ddim_update(v, img_ptrs, z_ptrs, mask, scale, sqrt_recip, sqrt_recipm1, sqrt_alpha_next, c, sigma):
     """One coordinate: x0 from the normalised predicted value v, eps from img, the DDIM update."""
-    x0 = tl.minimum(tl.maximum((v * 2 - 1) * scale, -scale), scale)
+    x0 = _clamp((v * 2 - 1) * scale, -scale, scale)
     cur = tl.load(img_ptrs, mask=mask, other=0.0).to(tl.float32)
     eps = (sqrt_recip * cur - x0) / sqrt_recipm1  # DDIM Eq. 12 solved for eps; img unclamped
     z = tl.load(z_ptrs, mask=mask, other=0.0).to(tl.float32)
@@ -117,7 +136,7 @@ def _ddim_renewal_step_kernel(
                     mask=valid[:, None] & (offs_k < NCLS)[None, :],
                     other=float("-inf"),
                 )
-                best = tl.maximum(best, tl.max(tile.to(tl.float32), axis=1))
+                best = _max_nan(best, tl.reduce(tile.to(tl.float32), 1, _max_nan))
             # max of sigmoid == sigmoid of max (monotonic); round to the logits' dtype like torch.sigmoid.
             score = tl.sigmoid(best).to(logits_ptr.dtype.element_ty).to(tl.float32)
             keep = valid & (score > threshold)
@@ -211,12 +230,14 @@ def ddim_renewal_step_fwd(
     if block_p is None:
         block_p = min(1024, max(16, triton.next_power_of_2(p)))
     block_k = max(16, min(triton.next_power_of_2(ncls), 16384 // block_p))
-    _ddim_renewal_step_kernel[(b,)](
-        img, pred_boxes, pred_logits, image_whwh, ddim_noise, refill_noise, next_img, next_boxes, num_kept,
-        p, ncls,
-        sqrt_recip, sqrt_recipm1, sqrt_alpha_next, c, sigma, scale, threshold,
-        img.stride(0), pred_boxes.stride(0), pred_logits.stride(0), pred_logits.stride(1),
-        ddim_noise.stride(0), refill_noise.stride(0),
-        BLOCK_P=block_p, BLOCK_K=block_k, RENEWAL=renewal, num_warps=8 if block_p >= 512 else 4,
-    )  # fmt: skip
+    with _device.on_device(img.device):  # Triton launches on the current device, not the tensors'
+        _ddim_renewal_step_kernel[(b,)](
+            img, pred_boxes, pred_logits, image_whwh, ddim_noise, refill_noise,
+            next_img, next_boxes, num_kept,
+            p, ncls,
+            sqrt_recip, sqrt_recipm1, sqrt_alpha_next, c, sigma, scale, threshold,
+            img.stride(0), pred_boxes.stride(0), pred_logits.stride(0), pred_logits.stride(1),
+            ddim_noise.stride(0), refill_noise.stride(0),
+            BLOCK_P=block_p, BLOCK_K=block_k, RENEWAL=renewal, num_warps=8 if block_p >= 512 else 4,
+        )  # fmt: skip
     return next_img, next_boxes, num_kept

@@ -9,10 +9,11 @@ Math, for every proposal k (S2 bins, C channels, D dynamic channels; flatten ind
 
 Two launches (three with split-K):
 
-1. ``_dynamic_conv_bins_kernel``: one program per proposal. Both small GEMMs, their LayerNorms and
-   ReLUs stay on chip; the S2 rows are padded to BLOCK_S (>= 16, a power of two), C and D to powers
-   of two. The first GEMM loops over C in BLOCK_CK chunks; the second produces the whole [BLOCK_S,
-   BLOCK_C] tile so LN_C sees full rows. Writes feat [K, S2*C] in the input dtype.
+1. ``_dynamic_conv_bins_kernel``: one program per (proposal, tile of BLOCK_S bins). Both small GEMMs,
+   their LayerNorms and ReLUs stay on chip (every bin row is independent); C and D are padded to
+   powers of two, and BLOCK_S (>= 16, a power of two) is the whole padded S2 when its tiles fit, less
+   for large C. The first GEMM loops over C in BLOCK_CK chunks; the second produces whole [BLOCK_S,
+   BLOCK_C] rows so LN_C sees full rows. Writes feat [K, S2*C] in the input dtype.
 2. ``_dynamic_conv_out_kernel``: feat @ W^T tiled as [BLOCK_M proposals, BLOCK_N >= C channels], the
    reduction over S2*C split into SPLIT_K ranges. With SPLIT_K == 1 the bias, LN_C and ReLU run in its
    epilogue; otherwise it writes fp32 partial sums [SPLIT_K, K, C] and ``_dynamic_conv_epilogue_kernel``
@@ -32,11 +33,15 @@ the input dtype. Under TRITON_INTERPRET=1 (CPU tests) bf16/fp16 operands are mul
 of bf16 tl.dot operands (triton-lang/triton#11584).
 
 Limits: the [BLOCK_S, BLOCK_C] fp32 tile of the second GEMM and the [BLOCK_M, BLOCK_N] accumulator
-live in registers, sized for C <= 256, D <= 128, S2 <= 64 (the 7x7 grid has 49 bins); larger sizes
-are correct but spill. Any K. Deterministic. Both GEMM kernels autotune on their first call for a new
-key, which launches them repeatedly: make that first call before capturing a CUDA graph. Backward is
-not a kernel: ``diffdet.ops.dynamic_conv`` recomputes the intermediates in PyTorch. Split-K is chosen
-on the host so that roughly one program per SM is in flight.
+live in registers, and P2 [BLOCK_D, BLOCK_C] and the pipelined tiles in shared memory. The configs
+are pruned per shape by register and shared-memory estimates (``_dynamic_conv_tiles``): larger C
+take smaller BLOCK_S and BLOCK_M. A shape no config fits on the device (:func:`kernels_fit`; with
+D = 64 and S2 = 49 on an H100/H200, 227 KiB per block: C > 512 in fp32, C > 1024 in bf16/fp16) is not
+run here: ``diffdet.ops.dynamic_conv`` runs the reference for it. Any K. Deterministic. Both GEMM
+kernels autotune on their first call for a new key, which launches them repeatedly: make that first
+call before capturing a CUDA graph. Launches run on the tensors' device (``_device.on_device``), not
+the current one. Backward is not a kernel: ``diffdet.ops.dynamic_conv`` recomputes the intermediates
+in PyTorch. Split-K is chosen on the host so that roughly one program per SM is in flight.
 """
 
 from __future__ import annotations
@@ -47,59 +52,52 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _device
+from ._dynamic_conv_tiles import (
+    BINS_CONFIGS,
+    INTERPRET_BINS_CONFIGS,
+    INTERPRET_OUT_CONFIGS,
+    OUT_CONFIGS,
+    keep_bins_configs,
+    keep_out_configs,
+    kernels_fit,
+    out_block_m,
+    pow2,
+    shared_memory_budget,
+)
+
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# Kernel 1: the winner depends on the tile sizes only (set by C, D, S2). Kernel 2: K (as a power-of-two
+# bucket) and SPLIT_K change the number of programs, hence the winner.
+_BINS_CONFIGS = INTERPRET_BINS_CONFIGS if _INTERPRET else BINS_CONFIGS
+_OUT_CONFIGS = INTERPRET_OUT_CONFIGS if _INTERPRET else OUT_CONFIGS
 
-# Kernel 1: one program per proposal; the winner depends on the tile sizes only (set by C, D, S2).
-_BINS_CONFIGS = (
-    [triton.Config({"BLOCK_CK": 32}, num_warps=4)]
-    if _INTERPRET
-    else [
-        triton.Config({"BLOCK_CK": ck}, num_warps=w, num_stages=s)
-        for ck in (32, 64)
-        for w in (4, 8)
-        for s in (1, 2)
-    ]
-)
-
-# Kernel 2: K (as a power-of-two bucket) and SPLIT_K change the number of programs, hence the winner.
-# BLOCK_K = 128 spills registers with BLOCK_N = 256 on sm_90 (checked with cuobjdump), so it is left out.
-_OUT_CONFIGS = (
-    [triton.Config({"BLOCK_K": 32}, num_warps=4, num_stages=1)]
-    if _INTERPRET
-    else [
-        triton.Config({"BLOCK_K": bk}, num_warps=w, num_stages=s)
-        for bk in (32, 64)
-        for w in (4, 8)
-        for s in (2, 3, 4)
-    ]
-)
-_SHARED_MEMORY_BUDGET = 200 * 1024  # bytes; H100 and A100 offer 227 and 163 KiB per block
-_ACC_REGISTERS = 64  # fp32 accumulator values per thread above which ptxas spills (BLOCK_N = 256)
-
-
-def _fits_registers(cfg: triton.Config, rows: int, cols: int) -> bool:
-    """Whether a [rows, cols] fp32 tile leaves room in registers at cfg's num_warps."""
-    return rows * cols <= _ACC_REGISTERS * 32 * cfg.num_warps
+__all__ = ["dynamic_conv_fwd", "kernels_fit"]
 
 
 def _keep_bins_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """Drop configs whose [BLOCK_S, BLOCK_C] second-GEMM tile would spill."""
-    keep = [cfg for cfg in configs if _fits_registers(cfg, kwargs["BLOCK_S"], kwargs["BLOCK_C"])]
-    return keep or configs[-1:]
+    """Autotuner hook: kernel 1's configs that fit this device (non-empty: the host checked kernels_fit)."""
+    roi = named_args["roi_ptr"]
+    return keep_bins_configs(
+        configs,
+        s2=named_args["S2"],
+        c=named_args["C"],
+        d=named_args["D"],
+        elem_size=roi.element_size(),
+        budget=shared_memory_budget(roi.device),
+    )
 
 
 def _keep_out_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """Drop configs that spill the accumulator or overflow shared memory with their pipelined tiles."""
-    size = named_args["feat_ptr"].element_size()
-    block_m, block_n = kwargs["BLOCK_M"], kwargs["BLOCK_N"]
-    budget = _SHARED_MEMORY_BUDGET if size < 4 else _SHARED_MEMORY_BUDGET * 3 // 4
-    keep = [
-        cfg
-        for cfg in configs
-        if cfg.num_stages * (block_m + block_n) * cfg.kwargs["BLOCK_K"] * size <= budget
-        and _fits_registers(cfg, block_m, block_n)
-    ]
-    return keep or configs[-1:]
+    """Autotuner hook: kernel 2's configs that fit this device at the launch's BLOCK_M."""
+    feat = named_args["feat_ptr"]
+    return keep_out_configs(
+        configs,
+        block_m=kwargs["BLOCK_M"],
+        c=named_args["C"],
+        elem_size=feat.element_size(),
+        budget=shared_memory_budget(feat.device),
+    )
 
 
 @triton.jit
@@ -157,7 +155,7 @@ def _dynamic_conv_bins_kernel(
     tl.static_assert(BLOCK_S >= 16 and BLOCK_D >= 16 and BLOCK_CK >= 16, "tl.dot needs tiles >= 16")
     k = tl.program_id(0).to(tl.int64)
     dtype = roi_ptr.dtype.element_ty
-    offs_s = tl.arange(0, BLOCK_S)
+    offs_s = tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S)  # this program's bins
     offs_d = tl.arange(0, BLOCK_D)
     offs_c = tl.arange(0, BLOCK_C)
     mask_s = offs_s < S2
@@ -307,10 +305,6 @@ def _dynamic_conv_epilogue_kernel(
     tl.store(y_ptr + offs_m[:, None] * C + offs_n[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-def _pow2(n: int, floor: int = 16) -> int:
-    return max(floor, triton.next_power_of_2(n))
-
-
 def default_split_k(num_tiles: int, device: torch.device) -> int:
     """Split-K factor that puts about one program per SM in flight (1 on the CPU interpreter)."""
     if device.type != "cuda":
@@ -333,7 +327,7 @@ def dynamic_conv_fwd(
     eps: float,
     *,
     split_k: int | None = None,
-    block_m: int = 64,
+    block_m: int | None = None,
 ) -> torch.Tensor:
     """Launch the forward kernels on validated tensors (layouts as in the module docstring).
 
@@ -342,7 +336,10 @@ def dynamic_conv_fwd(
             roi any strides; inner strides of params and out_weight equal 1; 1-d tensors contiguous.
         eps: LayerNorm epsilon.
         split_k: split of the S2*C reduction of the output Linear; None picks one per device.
-        block_m: proposals per program of the output Linear (>= 16, a power of two).
+        block_m: proposals per program of the output Linear (>= 16, a power of two); None picks the
+            largest whose tiles fit the device (64 for C <= 256).
+
+    The shape must fit the device (:func:`kernels_fit`), as ``diffdet.ops.dynamic_conv`` checks.
 
     Returns:
         Tensor[K, C] in roi's dtype.
@@ -354,33 +351,29 @@ def dynamic_conv_fwd(
         return y
     ieee = roi.dtype == torch.float32
     feat = torch.empty((k, s2 * c), device=roi.device, dtype=roi.dtype)
-    _dynamic_conv_bins_kernel[(k,)](
-        roi, params, norm1_weight, norm1_bias, norm2_weight, norm2_bias, feat,
-        s2, c, d, eps,
-        roi.stride(0), roi.stride(1), roi.stride(2), params.stride(0),
-        BLOCK_S=_pow2(s2), BLOCK_C=_pow2(c), BLOCK_D=_pow2(d), IEEE=ieee, DOT_FP32=_INTERPRET,
-    )  # fmt: skip
+    if block_m is None:
+        budget = shared_memory_budget(roi.device)
+        block_m = 64 if budget is None else out_block_m(c, roi.element_size(), budget)
     num_tiles = triton.cdiv(k, block_m)
     split = default_split_k(num_tiles, roi.device) if split_k is None else split_k
     partial = torch.empty((split, k, c), device=roi.device, dtype=torch.float32) if split > 1 else y
-    _dynamic_conv_out_kernel[(num_tiles, split)](
-        feat, out_weight, out_bias, norm3_weight, norm3_bias, y, partial,
-        k, s2 * c, c, triton.next_power_of_2(k), eps,
-        out_weight.stride(0),
-        BLOCK_M=block_m, BLOCK_N=_pow2(c), SPLIT_K=split, IEEE=ieee, DOT_FP32=_INTERPRET,
-    )  # fmt: skip
-    if split > 1:
-        _dynamic_conv_epilogue_kernel[(triton.cdiv(k, 16),)](
-            partial,
-            out_bias,
-            norm3_weight,
-            norm3_bias,
-            y,
-            k,
-            c,
-            eps,
-            BLOCK_M=16,
-            BLOCK_N=_pow2(c),
-            SPLIT_K=split,
-        )
+    with _device.on_device(roi.device):  # Triton launches on the current device, not the tensors'
+        _dynamic_conv_bins_kernel[lambda meta: (k, triton.cdiv(s2, meta["BLOCK_S"]))](
+            roi, params, norm1_weight, norm1_bias, norm2_weight, norm2_bias, feat,
+            s2, c, d, eps,
+            roi.stride(0), roi.stride(1), roi.stride(2), params.stride(0),
+            BLOCK_C=pow2(c), BLOCK_D=pow2(d), IEEE=ieee, DOT_FP32=_INTERPRET,
+        )  # fmt: skip
+        _dynamic_conv_out_kernel[(num_tiles, split)](
+            feat, out_weight, out_bias, norm3_weight, norm3_bias, y, partial,
+            k, s2 * c, c, triton.next_power_of_2(k), eps,
+            out_weight.stride(0),
+            BLOCK_M=block_m, BLOCK_N=pow2(c), SPLIT_K=split, IEEE=ieee, DOT_FP32=_INTERPRET,
+        )  # fmt: skip
+        if split > 1:
+            _dynamic_conv_epilogue_kernel[(triton.cdiv(k, 16),)](
+                partial, out_bias, norm3_weight, norm3_bias, y,
+                k, c, eps,
+                BLOCK_M=16, BLOCK_N=pow2(c), SPLIT_K=split,
+            )  # fmt: skip
     return y

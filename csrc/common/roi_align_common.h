@@ -132,17 +132,21 @@ template <typename acc_t>
 struct BilinearTaps {
   int64_t offset[4];
   acc_t weight[4];
+  bool inside;  // false: the sample adds nothing; callers skip it (read no pixel, add no gradient)
 };
 
 // Taps of the sample at (y, x) on an H x W map, each weight multiplied by `scale` (1 / sample count),
 // in the order (low row, low col), (low, high), (high, low), (high, high). A sample outside the map
-// (axis_tap) has every weight 0 and every offset 0.
+// (axis_tap), or on an empty map, has inside = false, every weight 0 and every offset 0: callers must
+// skip it rather than read pixel 0 with weight 0 (0 * inf is NaN; an empty map has no pixel 0), as
+// the CPU kernel and torchvision skip it.
 template <typename acc_t>
 DIFFDET_HD BilinearTaps<acc_t> bilinear_taps(
     acc_t y, acc_t x, int64_t height, int64_t width, int64_t stride_h, int64_t stride_w, acc_t scale) {
   const AxisTap<acc_t> ty = axis_tap(y, height), tx = axis_tap(x, width);
   BilinearTaps<acc_t> t;
   const bool inside = ty.inside && tx.inside;
+  t.inside = inside;
   const int64_t rows[2] = {ty.low * stride_h, ty.high * stride_h}, cols[2] = {tx.low * stride_w, tx.high * stride_w};
   const acc_t wy[2] = {ty.low_weight, ty.high_weight}, wx[2] = {tx.low_weight, tx.high_weight};
   for (int q = 0; q < 4; ++q) {

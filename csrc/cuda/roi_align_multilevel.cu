@@ -11,10 +11,14 @@
 // Grid: one block per (box, 256-channel slice). Per chunk of kSampleChunk samples the block computes
 // each sample's four corner offsets and weights once, into shared memory; every thread then applies
 // them to its channel (reuse over channels). fp32 accumulation for half/bfloat16 (double for double).
+// A sample outside the map (or on an empty H = 0 / W = 0 level) is skipped, as in the CPU kernel and
+// torchvision: no read of pixel (0, 0) with weight 0 (a non-finite value there would make 0 * inf = NaN;
+// an empty level has no pixel to read) and no atomicAdd of 0 in the backward.
 //
 // Backward: the same taps, scattered with atomicAdd into a float32 (double) channels-last buffer,
-// then cast to the features' dtype in NCHW. Not deterministic (float atomics in any order); the
-// Python face uses the (deterministic) reference when torch.use_deterministic_algorithms is on.
+// then cast to the features' dtype in NCHW. Not deterministic (float atomics in any order): it alerts
+// under torch.use_deterministic_algorithms, and the Python face's backward then computes the gradient
+// with the (deterministic) reference instead. The forward has no atomics and runs here in every mode.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/Atomic.cuh>
@@ -67,10 +71,11 @@ __device__ int box_setup(const box_t* boxes, const int64_t* batch_idx, int64_t k
   return lvl;
 }
 
-// Stage the taps of samples [s0, s0 + n) of the box (bin-major, then row-major within the bin).
+// Stage the taps of samples [s0, s0 + n) of the box (bin-major, then row-major within the bin);
+// s_in[i] says whether sample s0 + i lies on the map (false: the sample is skipped).
 template <typename acc_t>
 __device__ void stage_taps(const RoiGeometry<acc_t>& g, int size, int64_t s0, int n, int64_t height, int64_t width,
-    int64_t stride_h, int64_t stride_w, int64_t* s_off, acc_t* s_w) {
+    int64_t stride_h, int64_t stride_w, int64_t* s_off, acc_t* s_w, bool* s_in) {
   const int64_t per_bin = static_cast<int64_t>(g.grid_h) * g.grid_w;
   for (int i = threadIdx.x; i < n; i += blockDim.x) {
     const int64_t s = s0 + i;
@@ -80,6 +85,7 @@ __device__ void stage_taps(const RoiGeometry<acc_t>& g, int size, int64_t s0, in
     const acc_t y = sample_coord(g.start_y, g.bin_h, ph, iy, g.grid_h);
     const acc_t x = sample_coord(g.start_x, g.bin_w, pw, ix, g.grid_w);
     const auto t = bilinear_taps<acc_t>(y, x, height, width, stride_h, stride_w, g.inv_count);
+    s_in[i] = t.inside;
     for (int q = 0; q < 4; ++q) {
       s_off[4 * i + q] = t.offset[q];
       s_w[4 * i + q] = t.weight[q];
@@ -93,6 +99,7 @@ __global__ void forward_kernel(LevelArgs<const scalar_t> L, const box_t* __restr
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ int64_t s_off[4 * kSampleChunk];
   __shared__ acc_t s_w[4 * kSampleChunk];
+  __shared__ bool s_in[kSampleChunk];
   const int64_t k = blockIdx.x;
   const int64_t c = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
   const int64_t bins = static_cast<int64_t>(opt.size) * opt.size;
@@ -109,6 +116,7 @@ __global__ void forward_kernel(LevelArgs<const scalar_t> L, const box_t* __restr
     }
     return;
   }
+  // Null for an empty level: then every sample is outside (s_in false) and base is never read.
   const scalar_t* base = L.data[lvl] + batch_idx[k] * L.stride_n[lvl] + (c < channels ? c : 0);
   const int64_t total = bins * per_bin;
   acc_t acc = 0;
@@ -116,13 +124,15 @@ __global__ void forward_kernel(LevelArgs<const scalar_t> L, const box_t* __restr
   for (int64_t s0 = 0; s0 < total; s0 += kSampleChunk) {
     const int n = static_cast<int>(total - s0 < kSampleChunk ? total - s0 : kSampleChunk);
     __syncthreads();  // the previous chunk's taps are consumed
-    stage_taps(g, opt.size, s0, n, L.height[lvl], L.width[lvl], L.stride_h[lvl], L.stride_w[lvl], s_off, s_w);
+    stage_taps(g, opt.size, s0, n, L.height[lvl], L.width[lvl], L.stride_h[lvl], L.stride_w[lvl], s_off, s_w, s_in);
     __syncthreads();
     if (c < channels) {
       for (int i = 0; i < n; ++i) {
+        if (s_in[i]) {  // the same for every thread of the block: no divergence
 #pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          acc += s_w[4 * i + q] * static_cast<acc_t>(base[s_off[4 * i + q]]);
+          for (int q = 0; q < 4; ++q) {
+            acc += s_w[4 * i + q] * static_cast<acc_t>(base[s_off[4 * i + q]]);
+          }
         }
         if ((s0 + i + 1) % per_bin == 0) {
           o[bin * bin_stride] = static_cast<scalar_t>(acc);
@@ -141,6 +151,7 @@ __global__ void backward_kernel(LevelArgs<at::opmath_type<scalar_t>> L, const bo
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ int64_t s_off[4 * kSampleChunk];
   __shared__ acc_t s_w[4 * kSampleChunk];
+  __shared__ bool s_in[kSampleChunk];
   const int64_t k = blockIdx.x;
   const int64_t c = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
   const int64_t bins = static_cast<int64_t>(opt.size) * opt.size;
@@ -157,10 +168,13 @@ __global__ void backward_kernel(LevelArgs<at::opmath_type<scalar_t>> L, const bo
   for (int64_t s0 = 0; s0 < total; s0 += kSampleChunk) {
     const int n = static_cast<int>(total - s0 < kSampleChunk ? total - s0 : kSampleChunk);
     __syncthreads();
-    stage_taps(g, opt.size, s0, n, L.height[lvl], L.width[lvl], L.stride_h[lvl], L.stride_w[lvl], s_off, s_w);
+    stage_taps(g, opt.size, s0, n, L.height[lvl], L.width[lvl], L.stride_h[lvl], L.stride_w[lvl], s_off, s_w, s_in);
     __syncthreads();
     if (c < channels) {
       for (int i = 0; i < n; ++i) {
+        if (!s_in[i]) {
+          continue;
+        }
         const acc_t gv = static_cast<acc_t>(gk[((s0 + i) / per_bin) * bin_stride]);
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
@@ -239,6 +253,7 @@ std::vector<at::Tensor> roi_align_multilevel_backward_cuda(const at::Tensor& gra
   const RoiAlignOptions opt{output_size, sampling_ratio, aligned, canonical_box_size, canonical_level, min_level, bin_major};
   check_roi_backward(grad, boxes, batch_idx, channels, heights, widths, opt);
   TORCH_CHECK(boxes.is_cuda() && grad.device() == boxes.device(), "grad and boxes must be on one CUDA device");
+  at::globalContext().alertNotDeterministic("roi_align_multilevel_backward_cuda");
   const c10::cuda::CUDAGuard guard(boxes.device());
   const int64_t num = boxes.size(0);
   // Accumulated channels-last whatever the result's layout: the kernel adds along contiguous channels.

@@ -8,6 +8,10 @@ the NMS and post-processing (which read the detection count back: the call's one
 
 Results equal ``model.detect(..., ensemble="all")`` with the same noise: the captured function is
 :meth:`CudaGraphSampler.run`, which is exactly what ``detect`` runs eagerly.
+
+Capture and replay run with the model's device current (``torch.cuda.device``) and capture on a
+stream of that device: a graph is replayed into the current device's stream, so a model on ``cuda:1``
+works whatever device is current (the Triton kernels inside guard their own launches too).
 """
 
 from __future__ import annotations
@@ -74,15 +78,18 @@ class CudaGraphSampler:
             [[padded_size[1], padded_size[0]] * 2] * batch_size, dtype=torch.float32, device=device
         )
         self._noise = torch.randn((2 * steps - 1, batch_size, num_boxes, 4), device=device)
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side), torch.no_grad():
-            for _ in range(warmup):
-                self.run(self._images, self._whwh, self._noise)
-        torch.cuda.current_stream(device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), torch.cuda.graph(self.graph):
-            self._out = self.run(self._images, self._whwh, self._noise)
+        with torch.cuda.device(device):  # torch.cuda.graph captures on the current device's stream
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side), torch.no_grad():
+                for _ in range(warmup):
+                    self.run(self._images, self._whwh, self._noise)
+            torch.cuda.current_stream(device).wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            # An explicit capture stream: torch.cuda.graph's default one is created once per process,
+            # on whichever device was current then.
+            with torch.no_grad(), torch.cuda.graph(self.graph, stream=side):
+                self._out = self.run(self._images, self._whwh, self._noise)
 
     def run(self, images: Tensor, image_whwh: Tensor, noise: Tensor) -> Candidates:
         """The captured computation: backbone + FPN, then the fast sampler (no host sync).
@@ -136,6 +143,7 @@ class CudaGraphSampler:
         self._images.copy_(batch.tensor)
         self._whwh.copy_(batch.image_whwh)
         self._noise.copy_(draw_noise(2 * self.steps - 1, self.batch_size, self.num_boxes, device, generator))
-        self.graph.replay()
+        with torch.cuda.device(device):  # replay on the graph's device's current stream
+            self.graph.replay()
         candidates = Candidates(*(t.clone() for t in self._out))
         return model.finalize(candidates, batch, nms_iou=nms_iou, max_detections=max_detections)

@@ -11,6 +11,8 @@ Backends: CUDA tensors run the Triton kernels of :mod:`diffdet.kernels.dynamic_c
 GEMMs fused per proposal, the 12544->256 Linear with LayerNorm and ReLU in its epilogue); CPU tensors run
 :func:`dynamic_conv_reference` (eager PyTorch, three batched matmuls). ``DIFFDET_BACKEND=triton`` runs
 the Triton kernels on CPU tensors too when ``TRITON_INTERPRET=1`` (that is how CI tests them).
+Shapes whose tiles fit no kernel config on the device (:func:`_triton_fits`; with D = 64 and 49 bins
+on an H100/H200: C > 512 in fp32, C > 1024 in bf16/fp16) run the reference, so every C works.
 
 Autograd: the Triton path is the custom op ``diffdet::dynamic_conv_triton``. It saves only its inputs;
 the backward recomputes the intermediates with the reference's PyTorch ops and applies the chain rule
@@ -153,9 +155,19 @@ def dynamic_conv(
     _check(args)
     backend = _backend.select("dynamic_conv", roi.device, PREFERRED)
     with torch.autocast(device_type, enabled=False):
-        if backend != "triton" or roi.dtype == torch.float64:
+        if backend != "triton" or args[0].dtype == torch.float64 or not _triton_fits(args[0], args[2]):
             return dynamic_conv_reference(*args, eps=eps)
         return _dynamic_conv_triton(*args, float(eps))
+
+
+def _triton_fits(roi: torch.Tensor, norm1_weight: torch.Tensor) -> bool:
+    """Whether the Triton kernels have tiles for roi [K, S2, C] and D on roi's device (shared memory
+    and registers, ``diffdet.kernels._dynamic_conv_tiles``); always True in the interpreter."""
+    from diffdet.kernels._dynamic_conv_tiles import kernels_fit, shared_memory_budget
+
+    _, s2, c = roi.shape
+    budget = shared_memory_budget(roi.device)
+    return kernels_fit(s2, c, norm1_weight.shape[0], roi.element_size(), budget)
 
 
 @torch.library.custom_op("diffdet::dynamic_conv_triton", mutates_args=())

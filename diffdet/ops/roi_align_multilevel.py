@@ -6,13 +6,15 @@ levels given, computed in the boxes' dtype. A box whose level is undefined (nega
 coordinate) pools to zeros, as in detectron2 and torchvision, where such a level matches no level.
 Pooling is torchvision's RoIAlign: ``S x S`` bins, ``sampling_ratio`` samples per bin side (0:
 ``ceil(bin size)``, adaptive, capped at ``MAX_ADAPTIVE_GRID``; none for a negative size), bilinear
-samples, zero outside ``[-1, H] x [-1, W]``; ``aligned=True`` shifts by half a pixel. As
-detectron2's ``ROIAlign`` does, the box coordinates are rounded to the features' dtype before
-sampling; sums are accumulated in float32 (float64 for float64 features).
+samples; a sample outside ``[-1, H] x [-1, W]`` adds nothing and reads no pixel (so a level with H or
+W = 0 pools to zeros, and a non-finite pixel reaches only the samples that tap it); ``aligned=True``
+shifts by half a pixel. As detectron2's ``ROIAlign`` does, the box coordinates are rounded to the
+features' dtype before sampling; sums are accumulated in float32 (float64 for float64 features).
 
-Differentiable w.r.t. the features (not the boxes). The CPU backward is deterministic; the CUDA one
-adds with atomics, so under ``torch.use_deterministic_algorithms(True)`` CUDA inputs run the reference
-(whose backward is deterministic there), as torchvision's roi_align does.
+Differentiable w.r.t. the features (not the boxes). The forward and the CPU backward are
+deterministic; the CUDA backward adds with atomics, so under ``torch.use_deterministic_algorithms(True)``
+the backward of CUDA inputs differentiates the reference instead (deterministic there). Only the
+backward changes: the CUDA forward stays the kernel (no host sync, CUDA-graph capturable) in every mode.
 """
 
 from __future__ import annotations
@@ -78,9 +80,8 @@ def roi_align_multilevel(
         features, boxes, batch_idx, output_size, sampling_ratio, canonical_box_size, min_level
     )
     backend = _backend_for(boxes.device.type)
-    # The CUDA backward adds with atomics (any order); deterministic mode takes the reference there.
-    deterministic = boxes.device.type == "cuda" and torch.are_deterministic_algorithms_enabled()
-    if backend in ("reference", "published") or deterministic:
+    # Deterministic mode changes only the backward (_reference_backward): the forward has no atomics.
+    if backend in ("reference", "published"):
         plain = roi_align_multilevel_published if backend == "published" else roi_align_multilevel_reference
         return plain(
             features,
@@ -112,6 +113,55 @@ def roi_align_multilevel(
 def _backend_for(device_type: str) -> str:
     """The backend for this device type; a constant to torch.compile (read once, when tracing)."""
     return _backend.select(_OP, torch.device(device_type), _PREFERRED)
+
+
+def _reference_backward_needed(device_type: str) -> bool:
+    """Whether the backward of tensors on ``device_type`` must differentiate the reference: the CUDA
+    backward adds with atomics, which deterministic mode forbids. The forward is never affected."""
+    return device_type == "cuda" and torch.are_deterministic_algorithms_enabled()
+
+
+def _reference_backward(
+    grad: torch.Tensor,
+    boxes: torch.Tensor,
+    batch_idx: torch.Tensor,
+    shape: tuple[int, int],
+    sizes: tuple[Sequence[int], Sequence[int]],
+    options: Sequence,
+    channels_last: bool,
+) -> list[torch.Tensor]:
+    """Gradient w.r.t. the maps by autograd through :func:`roi_align_multilevel_reference`.
+
+    Same arguments and result as ``torch.ops.diffdet._roi_align_multilevel_backward`` (``shape`` = (B,
+    C), ``sizes`` = (heights, widths), ``options`` = the op's arguments from ``output_size`` to
+    ``bin_major``), deterministic on CUDA too. RoIAlign is linear in the maps, so its vector-Jacobian
+    product taken at zero maps of the right shape is the gradient at any maps: nothing but shapes is saved.
+    """
+    output_size, sampling_ratio, aligned, cbs, clevel, min_level, bin_major = options
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    maps = [
+        grad.new_zeros((*shape, h, w)).contiguous(memory_format=fmt).requires_grad_()
+        for h, w in zip(*sizes, strict=True)
+    ]
+    with torch.enable_grad():
+        out = roi_align_multilevel_reference(
+            maps,
+            boxes,
+            batch_idx,
+            output_size=output_size,
+            sampling_ratio=sampling_ratio,
+            aligned=aligned,
+            canonical_box_size=cbs,
+            canonical_level=clevel,
+            min_level=min_level,
+            bin_major=bin_major,
+        )
+        grads = torch.autograd.grad(out, maps, grad, allow_unused=True)
+    # A level no box pools from (or an empty one) gets no gradient from autograd: zeros.
+    return [
+        torch.zeros_like(m) if g is None else g.contiguous(memory_format=fmt)
+        for m, g in zip(maps, grads, strict=True)
+    ]
 
 
 def _check_inputs(
@@ -305,7 +355,7 @@ def roi_align_multilevel_reference(
     pooled = boxes.new_zeros((num, size, size, channels), dtype=compute)  # [K, S, S, C]
     for level, fmap in enumerate(features):
         sel = torch.where((levels == level) & batch_ok)[0]
-        if sel.numel():
+        if sel.numel() and fmap.shape[2] and fmap.shape[3]:  # on an empty map every sample is outside: 0
             scale = 2.0 ** -(min_level + level)
             pooled = pooled.index_put(
                 (sel,),
@@ -370,9 +420,14 @@ def _register() -> None:
 
     def backward(ctx, grad):
         boxes, batch_idx = ctx.saved_tensors
-        grads = torch.ops.diffdet._roi_align_multilevel_backward(
-            grad.contiguous(), boxes, batch_idx, *ctx.shape, *ctx.sizes, *ctx.options, ctx.channels_last
-        )
+        if _reference_backward_needed(grad.device.type):
+            grads = _reference_backward(
+                grad, boxes, batch_idx, ctx.shape, ctx.sizes, ctx.options, ctx.channels_last
+            )
+        else:
+            grads = torch.ops.diffdet._roi_align_multilevel_backward(
+                grad.contiguous(), boxes, batch_idx, *ctx.shape, *ctx.sizes, *ctx.options, ctx.channels_last
+            )
         return list(grads), None, None, None, None, None, None, None, None, None
 
     torch.library.register_autograd("diffdet::roi_align_multilevel", backward, setup_context=setup_context)

@@ -149,6 +149,41 @@ def test_ddim_renewal_step_matches_reference(device, triton_backend, kept, p, lo
     assert num_kept.tolist() == kept
 
 
+@pytest.mark.parametrize("where", ["boxes", "img", "logits", "refill"])
+@pytest.mark.parametrize("logits_dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_ddim_renewal_step_propagates_nan_as_the_reference(device, triton_backend, where, logits_dtype):
+    """NaN in one input: torch.clamp and amax propagate it, so the kernel's clamps and max must too
+    (a NaN logit makes the score NaN: the proposal is not kept)."""
+    img, pred_boxes, logits, whwh, ddim_noise, refill_noise = make_inputs([6, 9], 20, seed=5)
+    nan = float("nan")
+    kept_rows = [(logits[b].amax(-1) > 0).nonzero()[:, 0].tolist() for b in range(2)]
+    dropped = next(r for r in range(20) if r not in kept_rows[1])
+    if where == "boxes":  # kept boxes: x0 of the slots they land in is NaN
+        pred_boxes[0, kept_rows[0][0], 1] = nan
+        pred_boxes[1, kept_rows[1][3], 2] = nan
+        pred_boxes[1, dropped, 0] = nan  # never read
+    elif where == "img":  # a kept box's eps
+        img[0, kept_rows[0][2], 3] = nan
+    elif where == "logits":
+        logits[1, kept_rows[1][1], 0] = nan  # a kept row: dropped, as the reference's NaN score is
+        logits[1, dropped, 2] = nan  # a dropped row stays dropped
+    else:  # a refill slot: next_img copies the NaN, next_boxes clamps it
+        refill_noise[:, 17, 0] = nan
+    inputs = (img, pred_boxes, logits.to(logits_dtype), whwh, ddim_noise, refill_noise)
+    inputs = tuple(x.to(device) for x in inputs)
+    for pair in PAIRS:
+        expected = ddim_renewal_step_reference(*inputs, **step_kwargs(pair))
+        got = ddim_renewal_step(*inputs, **step_kwargs(pair))
+        assert got[2].tolist() == expected[2].tolist() == [6, 8 if where == "logits" else 9], "num_kept"
+        for name, g, e in zip(("next_img", "next_boxes"), got[:2], expected[:2], strict=True):
+            assert torch.equal(g.isnan(), e.isnan()), f"{name}: NaN exactly where the reference has it"
+        assert where == "logits" or expected[1].isnan().any()
+        torch.testing.assert_close(got[0], expected[0], rtol=1e-4, atol=1e-5, equal_nan=True, msg="next_img")
+        torch.testing.assert_close(
+            got[1], expected[1], rtol=1e-4, atol=1e-3, equal_nan=True, msg="next_boxes"
+        )
+
+
 @pytest.mark.parametrize("block_p", [16, 32])
 def test_ddim_renewal_step_fwd_carries_count_across_tiles(device, block_p):
     from diffdet.kernels.ddim_renewal_step import ddim_renewal_step_fwd
@@ -260,3 +295,42 @@ def test_ddim_renewal_step_is_one_launch(triton_backend):
         torch.cuda.synchronize()
     kernels = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     assert len(kernels) == 1 and "ddim_renewal_step" in kernels[0], kernels
+
+
+_PTX_SCRIPT = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from diffdet.kernels import ddim_renewal_step as m
+
+fn = m._ddim_renewal_step_kernel
+floats = {"sqrt_recip", "sqrt_recipm1", "sqrt_alpha_next", "c", "sigma", "scale", "threshold"}
+ptrs = {"img_ptr": "*fp64", "next_img_ptr": "*fp64", "num_kept_ptr": "*i64"}
+consts = dict(BLOCK_P=64, BLOCK_K=16, RENEWAL=True)
+sig = {n: "constexpr" if n in consts else ptrs.get(n, "*fp32") if n.endswith("_ptr") else
+       "fp32" if n in floats else "i32" for n in fn.arg_names}
+src = ASTSource(fn=fn, signature=sig, constexprs=consts)
+print(triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4)).asm["ptx"])
+"""
+
+
+def test_compiled_step_uses_only_nan_propagating_min_max():
+    """The GPU code itself (compiled for sm_90 ahead of time, no GPU needed): every f32 min/max is the
+    NaN-propagating PTX form, where the default tl.minimum/maximum/max compile to min.f32/max.f32,
+    which drop NaN (the interpreter of Triton <= 3.6 propagates NaN either way, so it cannot tell)."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from triton.backends import backends
+
+    if "nvidia" not in backends:
+        pytest.skip("this Triton has no NVIDIA backend to compile for sm_90")
+    env = {**os.environ, "TRITON_INTERPRET": "0", "PYTHONPATH": os.pathsep.join(sys.path)}
+    run = subprocess.run(
+        [sys.executable, "-c", _PTX_SCRIPT], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert re.search(r"\b(?:max|min)\.NaN\.f32", run.stdout)
+    assert not re.search(r"\b(?:max|min)(?:\.ftz)?\.f32", run.stdout), "a min/max that drops NaN"

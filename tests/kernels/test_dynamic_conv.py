@@ -5,6 +5,7 @@ full-size shapes (C=256, D=64, S2=49, K up to 1000) run behind the ``gpu`` marke
 """
 
 import os
+import sys
 
 import pytest
 import torch
@@ -145,6 +146,33 @@ def test_dynamic_conv_fwd_split_k(device, split_k, block_m):
     torch.testing.assert_close(got, dynamic_conv_reference(*args), rtol=1e-4, atol=1e-4, msg="y (split-K)")
 
 
+@pytest.mark.parametrize("c", [64, 320])
+def test_dynamic_conv_channels_off_256(device, triton_backend, c):
+    """C != 256, C = 320 padded to a 512-wide tile (every GPU config was pruned there before)."""
+    args = [a.to(device) for a in make_args(3, 3, c, 8, seed=c)]
+    got = dynamic_conv(*args)
+    torch.testing.assert_close(got.cpu(), dynamic_conv_reference(*args).cpu(), rtol=1e-4, atol=1e-4, msg="y")
+
+
+def test_shapes_beyond_the_kernels_run_the_reference(monkeypatch, triton_backend):
+    """With a Hopper budget (227 KiB per block), fp32 C = 640 fits no kernel config: the op runs the
+    reference instead of a launch that would raise OutOfResources; C = 64 still takes the kernels."""
+    if not INTERPRET:
+        pytest.skip("Triton runs CPU tensors only when interpreted")
+    from diffdet.kernels import _dynamic_conv_tiles
+
+    op_module = sys.modules["diffdet.ops.dynamic_conv"]  # diffdet.ops.dynamic_conv is also a function
+    monkeypatch.setattr(_dynamic_conv_tiles, "shared_memory_budget", lambda device: 227 * 1024)
+    small, large = make_args(2, 2, 64, 8), make_args(2, 2, 640, 8)
+    assert op_module._triton_fits(small[0], small[2]) and not op_module._triton_fits(large[0], large[2])
+
+    def launch_fails(*args):
+        raise AssertionError("the Triton kernels ran a shape they have no tiles for")
+
+    monkeypatch.setattr(op_module, "_dynamic_conv_triton", launch_fails)
+    torch.testing.assert_close(dynamic_conv(*large), dynamic_conv_reference(*large), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_dynamic_conv_gradients_match_autograd(device, triton_backend, dtype):
     args = [a.to(device, dtype) for a in make_args(3, 7, 24, 8, seed=5)]
@@ -219,3 +247,22 @@ def test_dynamic_conv_full_size_cuda(triton_backend, k, dtype):
     eager_err = max_err(dynamic_conv_reference(*low), expected)
     tol = 1e-4 if dtype == torch.float32 else 1e-2
     assert err <= 2 * eager_err + tol, f"y ({dtype}, K={k}): error {err:.3g} vs eager {eager_err:.3g}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
+@pytest.mark.parametrize("c", [64, 320, 512])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_dynamic_conv_channels_off_256_cuda(triton_backend, c, dtype):
+    """C != 256 on the GPU, through the kernels (not the reference fallback): 320 and 512 need the
+    smaller row tiles (fp32 at C = 320 overflowed shared memory before)."""
+    from diffdet.ops.dynamic_conv import _triton_fits
+
+    args = [a.cuda() for a in make_args(300, 7, c, 64, seed=c)]
+    low = [a.to(dtype) for a in args]
+    assert _triton_fits(low[0], low[2]), "the kernels must run this shape"
+    expected = dynamic_conv_reference(*args)
+    err = max_err(dynamic_conv(*low), expected)
+    eager_err = max_err(dynamic_conv_reference(*low), expected)
+    tol = 1e-4 if dtype == torch.float32 else 1e-2
+    assert err <= 2 * eager_err + tol, f"y ({dtype}, C={c}): error {err:.3g} vs eager {eager_err:.3g}"

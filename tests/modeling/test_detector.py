@@ -288,6 +288,22 @@ def test_cuda_graph_replay_equals_eager_detection(model):
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_cuda_graph_sampler_on_a_device_that_is_not_current(model):
+    """A model on cuda:1 with cuda:0 current: capture and replay happen on cuda:1 (its stream, its
+    Triton launches), and the result equals eager detection there."""
+    m = copy.deepcopy(model).to("cuda:1").fuse_for_inference()
+    images = [im.to("cuda:1") for im in _images(2)]
+    with torch.cuda.device(0):
+        graph = CudaGraphSampler(m, batch_size=2, padded_size=(64, 96), num_boxes=20, steps=2)
+        got = graph(images, generator=torch.Generator(device="cuda:1").manual_seed(0))
+    expect = m(images, steps=2, generator=torch.Generator(device="cuda:1").manual_seed(0))
+    for a, b in zip(got, expect, strict=True):
+        assert a["boxes"].device == torch.device("cuda:1")
+        _same(a, b, atol=1e-5)
+
+
+@pytest.mark.gpu
 @cuda
 def test_sampling_loop_has_no_host_sync_on_cuda(model):
     m = copy.deepcopy(model).cuda()

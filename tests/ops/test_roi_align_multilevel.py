@@ -412,8 +412,10 @@ def test_roi_align_multilevel_rejects_bad_options(kw, name):
 @pytest.mark.parametrize(("dtype", "atol", "rtol"), [d for d in DTYPES if d[0] != torch.float64])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("bin_major", [False, True])
-def test_roi_align_multilevel_cuda_matches_reference(dtype, atol, rtol, channels_last, bin_major):
-    feats = [f.cuda() for f in make_features(channels=67, dtype=dtype)]
+@pytest.mark.parametrize("channels", [67, 520])
+def test_roi_align_multilevel_cuda_matches_reference(dtype, atol, rtol, channels_last, bin_major, channels):
+    """67 channels: one partial block of threads; 520: two full 256-channel blocks and a partial one."""
+    feats = [f.cuda() for f in make_features(channels=channels, dtype=dtype)]
     if channels_last:
         feats = [f.contiguous(memory_format=torch.channels_last) for f in feats]
     boxes, batch_idx = make_boxes(513)
@@ -424,8 +426,14 @@ def test_roi_align_multilevel_cuda_matches_reference(dtype, atol, rtol, channels
 @pytest.mark.gpu
 @needs_cuda_kernel
 @pytest.mark.parametrize("sampling_ratio", [0, 2])
-def test_roi_align_multilevel_cuda_backward_matches_cpu(sampling_ratio):
-    feats = make_features(channels=33)
+@pytest.mark.parametrize(
+    ("dtype", "tol"), [(torch.float32, 1e-4), (torch.float16, 1e-2), (torch.bfloat16, 2e-2)], ids=str
+)
+@pytest.mark.parametrize("channels", [33, 300])
+def test_roi_align_multilevel_cuda_backward_matches_cpu(sampling_ratio, dtype, tol, channels):
+    """Both kernels accumulate in fp32 and round once: half and bf16 gradients agree to their rounding;
+    300 channels span two thread blocks."""
+    feats = [f.to(dtype) for f in make_features(channels=channels)]
     boxes, batch_idx = make_boxes(200)
     grads = []
     for device in ("cpu", "cuda"):
@@ -436,7 +444,10 @@ def test_roi_align_multilevel_cuda_backward_matches_cpu(sampling_ratio):
         out.backward(torch.ones_like(out))
         grads.append([m.grad.cpu() for m in maps])
     for level, (got, want) in enumerate(zip(grads[1], grads[0], strict=True)):
-        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4, msg=f"grad[features[{level}]]")
+        assert got.dtype == dtype
+        torch.testing.assert_close(
+            got.float(), want.float(), atol=tol, rtol=tol, msg=f"grad[features[{level}]] ({dtype})"
+        )
 
 
 @pytest.mark.gpu
@@ -448,3 +459,177 @@ def test_roi_align_multilevel_cuda_is_safe_on_non_finite_boxes():
     out = roi_align_multilevel(feats, boxes, torch.tensor([0, 1, 7], device="cuda"), sampling_ratio=0)
     assert torch.isfinite(out).all()
     assert not out[[0, 2]].any()
+
+
+# ---------------------------------------------------------------- samples outside the map, empty maps
+# A sample outside [-1, H] x [-1, W] adds nothing: it must not read pixel (0, 0) with weight 0 (0 * inf
+# is NaN) nor scatter 0 * grad into it (0 * inf again), and an empty level (H or W = 0) has no pixel.
+
+DEVICES = [
+    pytest.param("cpu", marks=needs_cpu_kernel),
+    pytest.param("cuda", marks=[pytest.mark.gpu, needs_cuda_kernel]),
+]
+# Boxes wholly outside an 8 x 8 level-0 map (stride 4: 32 x 32 pixels), on every side, then one inside
+# that stays clear of pixel (0, 0) (so its output is finite too).
+OUTSIDE_BOXES = [
+    [-500.0, -500.0, -300.0, -300.0],
+    [-90.0, 4.0, -40.0, 20.0],
+    [4.0, -90.0, 20.0, -40.0],
+    [60.0, 60.0, 100.0, 90.0],
+    [200.0, -50.0, 260.0, 10.0],
+    [12.0, 12.0, 28.0, 28.0],
+]
+
+
+def _poisoned_map(channels, dtype, device):
+    """[1, C, 8, 8] with inf, -inf and NaN at pixel (0, 0) of the first channels."""
+    fmap = torch.randn(1, channels, 8, 8, generator=torch.Generator().manual_seed(3)).to(dtype)
+    fmap[0, 0::3, 0, 0] = float("inf")
+    fmap[0, 1::3, 0, 0] = float("nan")
+    fmap[0, 2::3, 0, 0] = -float("inf")
+    return fmap.to(device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("channels", [5, 300])
+@pytest.mark.parametrize("sampling_ratio", [2, 0])
+def test_samples_outside_the_map_skip_a_non_finite_pixel(device, dtype, channels, sampling_ratio):
+    fmap = _poisoned_map(channels, dtype, device)
+    boxes = torch.tensor(OUTSIDE_BOXES, device=device)
+    batch_idx = torch.zeros(len(OUTSIDE_BOXES), dtype=torch.int64, device=device)
+    out, ref = _both([fmap], boxes, batch_idx, sampling_ratio=sampling_ratio)
+    assert torch.isfinite(out).all(), "an outside sample read the non-finite pixel (0, 0)"
+    assert not out[:-1].any(), "boxes outside the map pool to 0"
+    torch.testing.assert_close(out, ref, atol=1e-2, rtol=1e-2, msg="output")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_backward_adds_nothing_for_samples_outside_the_map(device, dtype):
+    """An inf/NaN gradient of boxes outside the map must not reach pixel (0, 0) (0 * inf = NaN)."""
+    fmap = _poisoned_map(300, dtype, device).requires_grad_()
+    boxes = torch.tensor(OUTSIDE_BOXES, device=device)
+    batch_idx = torch.zeros(len(OUTSIDE_BOXES), dtype=torch.int64, device=device)
+    out = roi_align_multilevel([fmap], boxes, batch_idx)
+    grad = torch.ones_like(out)
+    grad[:-1] = float("inf")
+    grad[:-1, 1::2] = float("nan")
+    out.backward(grad)
+    assert fmap.grad[0, :, 0, 0].eq(0).all(), "pixel (0, 0) got a gradient from outside samples"
+    ref_map = fmap.detach().float().requires_grad_()
+    roi_align_multilevel_reference([ref_map], boxes, batch_idx).backward(grad.float())
+    torch.testing.assert_close(fmap.grad.float(), ref_map.grad, atol=1e-2, rtol=1e-2, msg="grad[features[0]]")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("bin_major", [False, True])
+def test_empty_levels_pool_to_zero(device, dtype, bin_major):
+    """Levels with H = 0 or W = 0 (the checks allow them): their boxes pool to 0, backward gives
+    empty gradients, the other levels are unaffected."""
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(8, 8), (0, 4), (4, 0)]
+    feats = [torch.randn(2, 70, h, w, generator=gen).to(dtype).to(device).requires_grad_() for h, w in shapes]
+    # sqrt(area) 40 -> level 0, 150 -> level 1 (H = 0), 400 -> level 2 (W = 0)
+    sides = [40.0, 150.0, 400.0, 40.0, 150.0, 400.0]
+    boxes = torch.tensor([[2.0, 3.0, 2.0 + s, 3.0 + s] for s in sides], device=device)
+    batch_idx = torch.tensor([0, 0, 0, 1, 1, 1], device=device)
+    assert assign_levels_reference(boxes, 3, 224.0, 4, 2).tolist() == [0, 1, 2, 0, 1, 2]
+    out, ref = _both(feats, boxes, batch_idx, output_size=3, bin_major=bin_major)
+    torch.testing.assert_close(out, ref, atol=1e-2, rtol=1e-2, msg="output")
+    assert not out[[1, 2, 4, 5]].any() and out[[0, 3]].abs().sum() > 0
+    out.backward(torch.ones_like(out))
+    assert [tuple(f.grad.shape) for f in feats] == [tuple(f.shape) for f in feats]
+    assert feats[0].grad.abs().sum() > 0
+
+
+def test_reference_backward_matches_the_kernel_backward():
+    """The deterministic-mode backward (autograd through the reference at zero maps: RoIAlign is linear
+    in the maps) against the CPU kernel's backward, with every option passed through, both layouts."""
+    if not _extension.has_kernel("roi_align_multilevel", "cpu"):
+        pytest.skip("diffdet._C has no CPU kernel")
+    from diffdet.ops.roi_align_multilevel import _reference_backward
+
+    feats = make_features(channels=6, levels=3)
+    boxes, batch_idx = make_boxes(40)
+    sizes = ([f.shape[2] for f in feats], [f.shape[3] for f in feats])
+    for bin_major, channels_last in [(False, False), (True, True)]:
+        options = (5, 3, False, 150.0, 4, 2, bin_major)
+        shape = (40, 25, 6) if bin_major else (40, 6, 5, 5)
+        grad = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+        got = _reference_backward(grad, boxes, batch_idx, (2, 6), sizes, options, channels_last)
+        want = torch.ops.diffdet._roi_align_multilevel_backward(
+            grad, boxes, batch_idx, 2, 6, *sizes, *options, channels_last
+        )
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        for level, (g, w) in enumerate(zip(got, want, strict=True)):
+            assert g.is_contiguous(memory_format=fmt)
+            torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5, msg=f"grad[features[{level}]]")
+
+
+@pytest.fixture
+def deterministic():
+    """torch.use_deterministic_algorithms(True) for one test, then the previous setting."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(before)
+
+
+def test_deterministic_mode_changes_only_the_cuda_backward(deterministic):
+    """The backend choice: deterministic mode sends the CUDA backward (atomics) to the reference, never
+    the forward (which stays the sync-free kernel), and leaves the CPU backward (no atomics) alone."""
+    from diffdet.ops.roi_align_multilevel import _reference_backward_needed
+
+    assert _reference_backward_needed("cuda")
+    assert not _reference_backward_needed("cpu")
+    torch.use_deterministic_algorithms(False)
+    assert not _reference_backward_needed("cuda")
+
+
+@pytest.mark.gpu
+@needs_cuda_kernel
+def test_roi_align_multilevel_cuda_deterministic_forward_captures_in_a_graph(deterministic):
+    """Deterministic mode keeps the forward on the kernel: no host sync, so a CUDA graph captures it."""
+    feats = [f.cuda() for f in make_features(channels=67)]
+    boxes, batch_idx = make_boxes(300)
+    boxes, batch_idx = boxes.cuda(), batch_idx.cuda()
+    eager = roi_align_multilevel(feats, boxes, batch_idx)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = roi_align_multilevel(feats, boxes, batch_idx)
+    graph.replay()
+    assert torch.equal(captured, eager)
+
+
+@pytest.mark.gpu
+@needs_cuda_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_roi_align_multilevel_cuda_deterministic_backward(deterministic, dtype):
+    """Deterministic mode: the backward avoids the kernel's atomics (a direct call of the backward op
+    raises), gives the same bits twice and matches the CPU kernel's gradient."""
+    feats = make_features(channels=67)
+    boxes, batch_idx = make_boxes(300)
+    runs = []
+    for _ in range(2):
+        maps = [f.to("cuda", dtype).requires_grad_() for f in feats]
+        roi_align_multilevel(maps, boxes.cuda(), batch_idx.cuda()).sum().backward()
+        runs.append([m.grad for m in maps])
+    for a, b in zip(*runs, strict=True):
+        assert torch.equal(a, b)
+    cpu = [f.to(dtype).requires_grad_() for f in feats]
+    torch.use_deterministic_algorithms(False)
+    roi_align_multilevel(cpu, boxes, batch_idx).sum().backward()
+    for level, (got, want) in enumerate(zip(runs[0], cpu, strict=True)):
+        tol = 1e-4 if dtype == torch.float32 else 2e-2
+        torch.testing.assert_close(
+            got.cpu().float(), want.grad.float(), atol=tol, rtol=tol, msg=f"level {level}"
+        )
+    torch.use_deterministic_algorithms(True)
+    grad = torch.ones(300, 67, 7, 7, device="cuda", dtype=dtype)
+    with pytest.raises(RuntimeError, match="deterministic"):
+        torch.ops.diffdet._roi_align_multilevel_backward(
+            grad, boxes.cuda(), batch_idx.cuda(), 2, 67, [64, 32, 16, 8], [80, 40, 20, 10],
+            7, 2, True, 224.0, 4, 2, False, False,
+        )  # fmt: skip
