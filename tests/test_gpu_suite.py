@@ -1,0 +1,153 @@
+"""The GPU suite's plumbing (``benchmarks/gpu_suite.sh``), exercised on the CPU.
+
+The dry run runs the suite's stages at tiny sizes; ``DIFFDET_SUITE_FAKE_SLOW`` makes a stage sleep
+inside its cap, so the caps, the overall budget and the output layout the device tool returns (a flat
+folder, at most 8 files of at most 16 MiB) are checked here without a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SUITE = ROOT / "benchmarks" / "gpu_suite.sh"
+STAGES = ["build", "headline", "gpu_tests", "kernel_bench", "memcheck", "grid", "racecheck"]
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and coreutils timeout"
+)
+
+
+def run_suite(out: Path, *args: str, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
+    """``bash gpu_suite.sh ARGS OUT`` with this interpreter and extra environment variables."""
+    full_env = {**os.environ, "PYTHON": sys.executable, **env}
+    for name in ("DIFFDET_SUITE_STAGES", "DIFFDET_SUITE_FAKE_SLOW", "DIFFDET_SUITE_BUDGET"):
+        if name not in env:
+            full_env.pop(name, None)
+    return subprocess.run(
+        ["bash", str(SUITE), *args, str(out)], cwd=ROOT, env=full_env, capture_output=True, text=True,
+        timeout=timeout, check=False,
+    )  # fmt: skip
+
+
+def stage_rows(out: Path) -> dict[str, dict]:
+    """suite.json's stages by name, in the order written."""
+    return {s["name"]: s for s in json.loads((out / "suite.json").read_text())["stages"]}
+
+
+def check_layout(out: Path) -> None:
+    """What the device tool returns: no subfolder, at most 8 plain files of at most 16 MiB."""
+    entries = list(out.iterdir())
+    assert all(p.is_file() and not p.is_symlink() for p in entries), entries
+    assert len(entries) <= 8
+    assert all(p.stat().st_size <= 16 << 20 for p in entries)
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("suite") / "suite"
+    return out, run_suite(out, "--dry-run")
+
+
+@pytest.mark.slow  # about 30 s of CPU: every stage's command once, at tiny sizes
+def test_dry_run_writes_every_stage_in_value_order_into_a_flat_folder(dry_run):
+    out, result = dry_run
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    check_layout(out)
+    assert {p.name for p in out.iterdir()} == {
+        "summary.txt", "suite.json", "logs.txt", "headline.json", "gpu_tests.xml", "kernel_bench.json",
+        "grid.json",
+    }  # fmt: skip
+    summary = (out / "summary.txt").read_text()
+    assert len(summary.splitlines()) <= 30  # one screen
+    positions = [summary.index(f"{i + 1} {name}") for i, name in enumerate(STAGES)]
+    assert positions == sorted(positions)
+    rows = stage_rows(out)
+    assert list(rows) == STAGES
+    assert rows["build"]["status"] == "skipped" and rows["memcheck"]["status"] == "skipped"
+    assert all(rows[s]["status"] == "ok" for s in ("headline", "gpu_tests", "kernel_bench", "grid"))
+    headline = json.loads((out / "headline.json").read_text())
+    assert {(r["num_boxes"], r["steps"]) for r in headline["records"]} == {(5, 1), (7, 2)}
+    assert {r["backend"] for r in headline["records"]} >= {"published", "fast"}
+    assert "x published" in summary and "5x1 FPS" in summary
+    grid = json.loads((out / "grid.json").read_text())
+    assert {r["steps"] for r in grid["records"]} == {1, 2}
+    logs = (out / "logs.txt").read_text()
+    assert all(f"===== {s}:" in logs for s in ("preflight", "headline", "gpu_tests", "grid"))
+
+
+@pytest.mark.slow  # shares the dry run above
+def test_dry_run_preflight_says_what_the_machine_has(dry_run):
+    out, result = dry_run
+    info = json.loads((out / "suite.json").read_text())["preflight"]
+    assert info["torch"] == torch.__version__ and info["mode"] == "dry"
+    assert "torch " + torch.__version__ in result.stdout and "nvcc" in result.stdout
+
+
+def test_a_stage_is_cut_at_its_cap_and_later_stages_still_run(tmp_path):
+    start = time.monotonic()
+    result = run_suite(
+        tmp_path, "--dry-run", DIFFDET_SUITE_STAGES="headline,memcheck",
+        DIFFDET_SUITE_FAKE_SLOW="headline:120,memcheck:1", DIFFDET_SUITE_CAP_HEADLINE="2",
+    )  # fmt: skip
+    assert time.monotonic() - start < 100  # the fake 120 s sleep was cut
+    assert result.returncode == 1, result.stdout + result.stderr
+    rows = stage_rows(tmp_path)
+    assert rows["headline"]["status"] == "timeout" and rows["headline"]["seconds"] < 30
+    # memcheck ran after it: it slept its fake second, then skipped itself (no GPU in a dry run)
+    assert rows["memcheck"]["seconds"] >= 1 and rows["memcheck"]["note"] == "dry run: no GPU"
+    assert rows["build"]["status"] == "skipped" and "DIFFDET_SUITE_STAGES" in rows["build"]["note"]
+    summary = (tmp_path / "summary.txt").read_text()
+    assert "2 headline       timeout" in summary and "cut at its 2s cap" in summary
+    check_layout(tmp_path)
+
+
+def test_the_overall_budget_stops_later_stages(tmp_path):
+    budget = 12  # counted from the start, preflight included
+    result = run_suite(
+        tmp_path, "--dry-run", DIFFDET_SUITE_STAGES="headline,gpu_tests,grid",
+        DIFFDET_SUITE_BUDGET=str(budget),
+        DIFFDET_SUITE_MIN_START="1", DIFFDET_SUITE_FAKE_SLOW="headline:60",
+    )  # fmt: skip
+    rows = stage_rows(tmp_path)
+    if rows["headline"]["status"] == "timeout":  # cut where the budget ends
+        assert 0 < rows["headline"]["cap_s"] <= budget and result.returncode == 1
+    else:  # a loaded machine spent the whole budget in the preflight
+        assert "over budget" in rows["headline"]["note"]
+    for stage in ("gpu_tests", "grid"):
+        assert rows[stage]["status"] == "skipped" and "over budget" in rows[stage]["note"]
+    check_layout(tmp_path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present: the preflight would pass")
+def test_preflight_stops_the_real_suite_within_seconds_without_a_gpu(tmp_path):
+    start = time.monotonic()
+    result = run_suite(tmp_path, timeout=120)
+    assert time.monotonic() - start < 60
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "preflight FAILED" in result.stdout
+    assert "no CUDA device" in result.stdout or "CPU-only build" in result.stdout
+    summary = (tmp_path / "summary.txt").read_text()
+    assert "0 preflight      FAILED" in summary
+    assert all(row["status"] == "not run" for row in stage_rows(tmp_path).values())
+    check_layout(tmp_path)
+
+
+def test_preflight_names_a_missing_interpreter(tmp_path):
+    result = run_suite(tmp_path, timeout=60, PYTHON="/nonexistent/python3")
+    assert result.returncode == 3
+    assert "preflight FAILED: /nonexistent/python3" in result.stdout
+
+
+def test_usage_errors_exit_2(tmp_path):
+    assert run_suite(tmp_path, "--bogus").returncode == 2
+    assert subprocess.run(["bash", str(SUITE)], capture_output=True, check=False).returncode == 2
