@@ -69,6 +69,8 @@ if [ "$MODE" = rehearse ]; then
 fi
 
 export PY="${PYTHON:-python3}" ROOT OUTDIR MODE PYTHONUNBUFFERED=1 TQDM_DISABLE=1
+# On the GPU the compiled kernels must run: no Triton interpreter, no forced reference backend.
+[ "$MODE" = real ] && unset TRITON_INTERPRET DIFFDET_BACKEND
 export REPORT="$ROOT/benchmarks/gpu_suite_report.py"
 export WORK
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/diffdet-suite.XXXXXX")"
@@ -110,13 +112,11 @@ write_outputs() {
         printf '%-16s %-9s\n' "0 preflight" "$PREFLIGHT_STATUS"
         for s in "${STAGE_NAMES[@]}"; do
             i=$((i + 1))
-            printf '%-16s %-9s %5ss %5ss  %s\n' "$i $s" "${STATUS[$s]}" "${SECS[$s]}" "${EFFCAP[$s]}" "${NOTE[$s]}"
+            printf '%-16s %-9s %5ss %5ss  %s\n' "$i $s" "${STATUS[$s]}" "${SECS[$s]}" "${EFFCAP[$s]}" \
+                "${NOTE[$s]:0:100}"
         done
         if [ -s "$WORK/headline.lines" ]; then
             echo "headline (images/s, median; x published ops):"; head -n 6 "$WORK/headline.lines"
-        fi
-        if [ -s "$WORK/grid.lines" ]; then
-            echo "grid: $(wc -l < "$WORK/grid.lines") points in grid.json"
         fi
         echo "files: $(cd "$OUTDIR" && ls | tr '\n' ' ')"
     } > "$OUTDIR/summary.txt"
@@ -180,8 +180,12 @@ stage_build() {
     fi
 }
 
+# merge_bench NAME: the `diffdet bench` files under WORK/NAME into OUTDIR/NAME.json, a line per point
+# into WORK/NAME.lines.
+merge_bench() { "$PY" "$REPORT" e2e "$OUTDIR/$1.json" "$WORK/$1"/*.json > "$WORK/$1.lines"; }
+
 # bench_points NAME "P S" ...: one `diffdet bench` per point (a cut run keeps the finished points),
-# merged into OUTDIR/NAME.json, one line per point into WORK/NAME.lines. Extra bench args in BENCH_ARGS.
+# merged after each. Extra bench args in BENCH_ARGS.
 bench_points() {
     local name="$1" point boxes steps status=0
     shift
@@ -189,7 +193,7 @@ bench_points() {
         read -r boxes steps <<< "$point"
         "$PY" -m diffdet bench "${BENCH_ARGS[@]}" --boxes "$boxes" --steps "$steps" --out "$WORK/$name" \
             --name "$name-${boxes//,/_}x${steps//,/_}" || status=1
-        "$PY" "$REPORT" e2e "$OUTDIR/$name.json" "$WORK/$name"/*.json > "$WORK/$name.lines"
+        merge_bench "$name"
     done
     return $status
 }
@@ -209,30 +213,23 @@ stage_gpu_tests() {
     local paths=(tests) status
     [ "$MODE" = dry ] && paths=(tests/ops)  # every gpu test skips on the CPU: the plumbing only
     "$PY" -m pytest -m gpu -q -p no:cacheprovider --junitxml="$OUTDIR/gpu_tests.xml" "${paths[@]}"
-    status=$?
-    note "$("$PY" "$REPORT" junit "$OUTDIR/gpu_tests.xml")"
-    return $status
 }
 
 stage_kernel_bench() {
     local files=(benchmarks/bench_roi_align_multilevel.py benchmarks/bench_batched_nms.py
                  benchmarks/bench_dynamic_conv.py benchmarks/bench_ddim_renewal_step.py benchmarks/bench_head.py)
     mkdir -p "$WORK/kernels"
-    if [ "$MODE" = dry ]; then  # the CPU shapes take minutes: collect one file, merge nothing
+    if [ "$MODE" = dry ]; then  # the CPU shapes take minutes: collect one file
         "$PY" -m pytest --collect-only -q -p no:cacheprovider "${files[1]}" || return 1
-        "$PY" "$REPORT" kernels "$OUTDIR/kernel_bench.json" "$WORK/kernels"
         note "dry run: ${files[1]} collected only"; return 0
     fi
     DIFFDET_BENCH_RESULTS="$WORK/kernels" "$PY" -m pytest -q -p no:cacheprovider --benchmark-enable \
         "${files[@]}"
-    local status=$?
-    note "$("$PY" "$REPORT" kernels "$OUTDIR/kernel_bench.json" "$WORK/kernels")"
-    return $status
 }
 
 # sanitize TOOL PATH...: compute-sanitizer TOOL over `pytest -m gpu` of each PATH in turn.
 sanitize() {
-    local tool="$1" path status=0 errors
+    local tool="$1" path status=0
     shift
     if [ "$MODE" = dry ]; then note "dry run: no GPU"; return 77; fi
     if ! command -v compute-sanitizer > /dev/null; then note "compute-sanitizer not found"; return 77; fi
@@ -240,8 +237,6 @@ sanitize() {
         echo "-- compute-sanitizer --tool $tool: pytest -m gpu $path"
         compute-sanitizer --tool "$tool" --error-exitcode 99 --target-processes all --print-limit 20 \
             "$PY" -m pytest -m gpu -q -p no:cacheprovider "$path" || status=1
-        errors="$(grep -h "ERROR SUMMARY" "$WORK/$STAGE.log" | tr '\n' ' ')"
-        note "${errors:-no ERROR SUMMARY line}"
     done
     return $status
 }
@@ -272,12 +267,23 @@ stage_grid() {
         *) status=1 ;;
     esac
     cat "$WORK/swin.err"
-    "$PY" "$REPORT" e2e "$OUTDIR/grid.json" "$WORK/grid"/*.json > "$WORK/grid.lines"
     return $status
 }
 
-export -f note stage_build bench_points stage_headline stage_gpu_tests stage_kernel_bench sanitize \
-    stage_memcheck stage_racecheck stage_grid
+export -f note stage_build merge_bench bench_points stage_headline stage_gpu_tests stage_kernel_bench \
+    sanitize stage_memcheck stage_racecheck stage_grid
+
+# collect_STAGE: run after the stage, even one cut at its cap, to gather what it wrote into OUTDIR;
+# prints a note for the summary.
+collect_headline() { merge_bench headline; }
+collect_grid() { merge_bench grid; echo "$(wc -l < "$WORK/grid.lines") points"; }
+collect_gpu_tests() { "$PY" "$REPORT" junit "$OUTDIR/gpu_tests.xml"; }
+collect_kernel_bench() { "$PY" "$REPORT" kernels "$OUTDIR/kernel_bench.json" "$WORK/kernels"; }
+collect_sanitizer() { grep -h "ERROR SUMMARY" "$WORK/$1.log" | sed 's/=* *//' | tr '\n' ' '; }
+collect_memcheck() { collect_sanitizer memcheck; }
+collect_racecheck() { collect_sanitizer racecheck; }
+export -f collect_headline collect_grid collect_gpu_tests collect_kernel_bench collect_sanitizer collect_memcheck \
+    collect_racecheck
 
 fake_delay() {  # seconds DIFFDET_SUITE_FAKE_SLOW asks stage $1 to sleep first (0: none)
     local item fake="${DIFFDET_SUITE_FAKE_SLOW:-}"
@@ -304,13 +310,17 @@ run_stage() {
     STATUS[$name]=running; write_outputs
     echo "== [$((SECONDS - T0))s] $name (cap ${cap}s)"
     start=$SECONDS
-    rm -f "$WORK/$name.note"
+    rm -f "$WORK/$name.note" "$WORK/$name.collected"
     STAGE="$name" timeout -s INT -k "$KILL_GRACE" "$cap" bash -c \
         'trap "exit 130" INT; if [ "$1" != 0 ]; then sleep "$1"; fi; "stage_$STAGE"' _ "$(fake_delay "$name")" \
         > "$WORK/$name.log" 2>&1
     rc=$?
     SECS[$name]=$((SECONDS - start))
-    NOTE[$name]="$(head -c 300 "$WORK/$name.note" 2> /dev/null)"
+    if declare -F "collect_$name" > /dev/null && [ "$rc" != 77 ]; then
+        STAGE="$name" timeout -k 5 60 bash -c "collect_$name" > "$WORK/$name.collected" 2>> "$WORK/$name.log"
+    fi
+    NOTE[$name]="$(cat "$WORK/$name.note" "$WORK/$name.collected" 2> /dev/null | tr '\n' ' ' \
+                   | head -c 300 | sed 's/ *$//')"
     case $rc in
         0) STATUS[$name]=ok ;;
         77) STATUS[$name]=skipped ;;

@@ -54,7 +54,9 @@ print(f"python {sys.version.split()[0]}, torch {torch.__version__}, triton {trit
         | (cd "$ROOT" && xargs -0 cp -p -P --parents -t "$src" 2> /dev/null)
     log "rehearse: working tree copied to $src ($(git -C "$ROOT" rev-parse --short HEAD 2> /dev/null))"
 
-    (cd "$src" && DIFFDET_SUITE_BUILD=1 PYTHON="$py" bash benchmarks/gpu_suite.sh --dry-run "$out/suite")
+    # A CPU-only build takes minutes on a small shared machine: wider caps than the GPU machine's.
+    (cd "$src" && DIFFDET_SUITE_BUILD=1 PYTHON="$py" DIFFDET_SUITE_BUDGET="${DIFFDET_SUITE_BUDGET:-1800}" \
+        DIFFDET_SUITE_CAP_BUILD="${DIFFDET_SUITE_CAP_BUILD:-1200}" bash benchmarks/gpu_suite.sh --dry-run "$out/suite")
     suite_rc=$?
     log "rehearse: dry run (with the build) exit $suite_rc; $out/suite/summary.txt:"
     sed 's/^/    /' "$out/suite/summary.txt" >> "$report"
