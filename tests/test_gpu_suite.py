@@ -75,6 +75,7 @@ def test_dry_run_writes_every_stage_in_value_order_into_a_flat_folder(dry_run):
     assert list(rows) == STAGES
     assert rows["build"]["status"] == "skipped" and rows["memcheck"]["status"] == "skipped"
     assert all(rows[s]["status"] == "ok" for s in ("headline", "gpu_tests", "kernel_bench", "grid"))
+    assert "0 failed" in rows["gpu_tests"]["note"] and "skipped" in rows["gpu_tests"]["note"]
     headline = json.loads((out / "headline.json").read_text())
     assert {(r["num_boxes"], r["steps"]) for r in headline["records"]} == {(5, 1), (7, 2)}
     assert {r["backend"] for r in headline["records"]} >= {"published", "fast"}
@@ -151,3 +152,50 @@ def test_preflight_names_a_missing_interpreter(tmp_path):
 def test_usage_errors_exit_2(tmp_path):
     assert run_suite(tmp_path, "--bogus").returncode == 2
     assert subprocess.run(["bash", str(SUITE)], capture_output=True, check=False).returncode == 2
+
+
+def load_report():
+    """benchmarks/gpu_suite_report.py as a module (benchmarks/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "gpu_suite_report", ROOT / "benchmarks" / "gpu_suite_report.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_report_merges_bench_runs_and_counts_junit(tmp_path, capsys):
+    report = load_report()
+
+    def record(mode, backend, boxes, fps, **extra):
+        return {"mode": mode, "backend": backend, "num_boxes": boxes, "steps": 1, "fps": fps, **extra}
+
+    runs = []
+    for boxes in (300, 500):
+        path = tmp_path / f"run{boxes}.json"
+        records = [
+            record("fp32", "published", boxes, 10.0),
+            record("bf16", "fast", boxes, 25.0, speedup_vs_published=2.5),
+        ]
+        path.write_text(json.dumps({"meta": {"backbone": "R50", "size": [800, 1333]}, "records": records}))
+        runs.append(str(path))
+    runs.append(str(tmp_path / "cut-short-run-never-written.json"))
+    assert report.main(["e2e", str(tmp_path / "merged.json"), *runs]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        "  R50 300x1 FPS: published 10.0, bf16 25.0 (2.50x)",
+        "  R50 500x1 FPS: published 10.0, bf16 25.0 (2.50x)",
+    ]
+    merged = json.loads((tmp_path / "merged.json").read_text())
+    assert len(merged["runs"]) == 2 and all(r["backbone"] == "R50" for r in merged["records"])
+
+    xml = tmp_path / "junit.xml"
+    xml.write_text(
+        '<testsuites><testsuite tests="7" failures="1" errors="1" skipped="2"></testsuite></testsuites>'
+    )
+    assert report.main(["junit", str(xml)]) == 0
+    assert capsys.readouterr().out.strip() == "3 passed, 1 failed, 1 errors, 2 skipped"
+    assert report.main(["junit", str(tmp_path / "missing.xml")]) == 0
+    assert capsys.readouterr().out.strip() == "no results"
