@@ -2,7 +2,7 @@
 # diffdet's GPU suite: one call on a GPU machine without network, under 8 minutes, most valuable first.
 #
 #   bash benchmarks/gpu_suite.sh OUTDIR              # the real suite: needs a CUDA device, nvcc, torch+CUDA
-#   bash benchmarks/gpu_suite.sh --dry-run OUTDIR    # the same stages, caps and outputs on the CPU, tiny sizes
+#   bash benchmarks/gpu_suite.sh --dry-run OUTDIR    # the same stages, caps and outputs; CPU, tiny sizes
 #   bash benchmarks/gpu_suite.sh --rehearse OUTDIR   # a venv like the GPU machine's (torch 2.11, triton 3.6,
 #                                                    # torchvision 0.26, no pycocotools), diffdet built in a
 #                                                    # copy of the tree, then the dry run and the CPU tests
@@ -106,7 +106,8 @@ json_str() {
 write_outputs() {
     local s i=0 sep=""
     {
-        echo "diffdet GPU suite ($MODE), started $STARTED, commit $COMMIT, $((SECONDS - T0))s of ${BUDGET}s budget"
+        echo "diffdet GPU suite ($MODE), started $STARTED, commit $COMMIT," \
+            "$((SECONDS - T0))s of ${BUDGET}s budget"
         [ -s "$WORK/preflight.txt" ] && sed 's/^/  /' "$WORK/preflight.txt" | head -n 8
         printf '%-16s %-9s %6s %6s  %s\n' stage status time cap note
         printf '%-16s %-9s\n' "0 preflight" "$PREFLIGHT_STATUS"
@@ -122,7 +123,8 @@ write_outputs() {
     } > "$OUTDIR/summary.txt"
     {
         printf '{"mode": %s, "commit": %s, "started_utc": %s, "budget_s": %s, "elapsed_s": %s,\n' \
-            "$(json_str "$MODE")" "$(json_str "$COMMIT")" "$(json_str "$STARTED")" "$BUDGET" "$((SECONDS - T0))"
+            "$(json_str "$MODE")" "$(json_str "$COMMIT")" "$(json_str "$STARTED")" "$BUDGET" \
+            "$((SECONDS - T0))"
         printf ' "preflight_status": %s, "preflight": ' "$(json_str "$PREFLIGHT_STATUS")"
         if [ -s "$WORK/preflight.json" ]; then cat "$WORK/preflight.json"; else printf 'null'; fi
         printf ',\n "stages": ['
@@ -172,9 +174,12 @@ stage_build() {
     [ -n "$so" ] || { note "no diffdet/_C*.so after the build"; return 1; }
     if [ "$MODE" = real ]; then
         local want="sm_${SUITE_CAPABILITY/./}"
-        if ! command -v cuobjdump > /dev/null; then note "built; device code not checked (no cuobjdump)"; return 0; fi
+        if ! command -v cuobjdump > /dev/null; then
+            note "built; device code not checked (no cuobjdump)"; return 0
+        fi
         cuobjdump --list-elf "$so" | tee "$WORK/elf.txt"
-        if grep -q "$want" "$WORK/elf.txt"; then note "$want SASS in $so"; else note "NO $want SASS in $so"; return 1; fi
+        grep -q "$want" "$WORK/elf.txt" || { note "NO $want SASS in $so"; return 1; }
+        note "$want SASS in $so"
     else
         note "built CPU-only (DIFFDET_CUDA=$DIFFDET_CUDA)"
     fi
@@ -217,7 +222,8 @@ stage_gpu_tests() {
 
 stage_kernel_bench() {
     local files=(benchmarks/bench_roi_align_multilevel.py benchmarks/bench_batched_nms.py
-                 benchmarks/bench_dynamic_conv.py benchmarks/bench_ddim_renewal_step.py benchmarks/bench_head.py)
+                 benchmarks/bench_dynamic_conv.py benchmarks/bench_ddim_renewal_step.py
+                 benchmarks/bench_head.py)
     mkdir -p "$WORK/kernels"
     if [ "$MODE" = dry ]; then  # the CPU shapes take minutes: collect one file
         "$PY" -m pytest --collect-only -q -p no:cacheprovider "${files[1]}" || return 1
@@ -262,8 +268,11 @@ stage_grid() {
         2> "$WORK/swin.err"
     case $? in
         0) note "R50 grid and Swin-B" ;;
-        2) if grep -q "got 'SwinB'" "$WORK/swin.err"; then note "R50 grid; no Swin-B (model.backbone=SwinB unknown)"
-           else status=1; fi ;;
+        2) if grep -q "got 'SwinB'" "$WORK/swin.err"; then
+               note "R50 grid; no Swin-B (model.backbone=SwinB unknown)"
+           else
+               status=1
+           fi ;;
         *) status=1 ;;
     esac
     cat "$WORK/swin.err"
@@ -282,8 +291,8 @@ collect_kernel_bench() { "$PY" "$REPORT" kernels "$OUTDIR/kernel_bench.json" "$W
 collect_sanitizer() { grep -h "ERROR SUMMARY" "$WORK/$1.log" | sed 's/=* *//' | tr '\n' ' '; }
 collect_memcheck() { collect_sanitizer memcheck; }
 collect_racecheck() { collect_sanitizer racecheck; }
-export -f collect_headline collect_grid collect_gpu_tests collect_kernel_bench collect_sanitizer collect_memcheck \
-    collect_racecheck
+export -f collect_headline collect_grid collect_gpu_tests collect_kernel_bench collect_sanitizer \
+    collect_memcheck collect_racecheck
 
 fake_delay() {  # seconds DIFFDET_SUITE_FAKE_SLOW asks stage $1 to sleep first (0: none)
     local item fake="${DIFFDET_SUITE_FAKE_SLOW:-}"
@@ -311,9 +320,11 @@ run_stage() {
     echo "== [$((SECONDS - T0))s] $name (cap ${cap}s)"
     start=$SECONDS
     rm -f "$WORK/$name.note" "$WORK/$name.collected"
+    # timeout signals the whole process group; the trap ends the stage once its current command has
+    # handled SIGINT (e.g. pytest writing its results), instead of going on to the next command.
     STAGE="$name" timeout -s INT -k "$KILL_GRACE" "$cap" bash -c \
-        'trap "exit 130" INT; if [ "$1" != 0 ]; then sleep "$1"; fi; "stage_$STAGE"' _ "$(fake_delay "$name")" \
-        > "$WORK/$name.log" 2>&1
+        'trap "exit 130" INT; if [ "$1" != 0 ]; then sleep "$1"; fi; "stage_$STAGE"' _ \
+        "$(fake_delay "$name")" > "$WORK/$name.log" 2>&1
     rc=$?
     SECS[$name]=$((SECONDS - start))
     if declare -F "collect_$name" > /dev/null && [ "$rc" != 77 ]; then
@@ -343,7 +354,8 @@ grep -v '^Traceback\|^  ' "$WORK/preflight.log" | head -n 12 > "$WORK/preflight.
 cat "$WORK/preflight.log"
 if [ $rc -ne 0 ]; then
     PREFLIGHT_STATUS=FAILED
-    [ $rc = 3 ] || echo "preflight FAILED: $PY could not run $REPORT (exit $rc)" | tee -a "$WORK/preflight.txt"
+    [ $rc = 3 ] || echo "preflight FAILED: $PY could not run $REPORT (exit $rc)" \
+        | tee -a "$WORK/preflight.txt"
     for s in "${STAGE_NAMES[@]}"; do STATUS[$s]="not run"; NOTE[$s]="preflight failed"; done
     write_outputs
     echo "gpu_suite: stopped after the preflight ($((SECONDS - T0))s); see $OUTDIR/summary.txt"

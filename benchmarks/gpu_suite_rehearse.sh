@@ -13,7 +13,8 @@
 REHEARSE_PACKAGES=(torch==2.11.0 triton==3.6.0 torchvision==0.26.0 pytest pytest-benchmark hypothesis numpy
                    pillow pybind11 ninja pyyaml tqdm "setuptools>=69" wheel)
 
-rehearse_python() {  # the base interpreter: DIFFDET_REHEARSE_PYTHON, else python3.12 (the GPU machine's), 3.11
+# The base interpreter: DIFFDET_REHEARSE_PYTHON, else python3.12 (the GPU machine's), else python3.11.
+rehearse_python() {
     local candidate
     for candidate in ${DIFFDET_REHEARSE_PYTHON:-python3.12 python3.11}; do
         if "$candidate" -c 'import sys, venv; sys.exit(sys.version_info < (3, 10))' 2> /dev/null; then
@@ -24,20 +25,23 @@ rehearse_python() {  # the base interpreter: DIFFDET_REHEARSE_PYTHON, else pytho
 }
 
 rehearse() {
-    local out="$1" venv="${DIFFDET_REHEARSE_VENV:-$ROOT/.rehearse-venv}" base src py suite_rc test_rc t0=$SECONDS
+    local out="$1" venv="${DIFFDET_REHEARSE_VENV:-$ROOT/.rehearse-venv}" t0=$SECONDS
+    local base src py suite_rc test_rc commit
     local report="$out/rehearse.txt"
     mkdir -p "$out" && : > "$report"
     log() { echo "$*" | tee -a "$report"; }
     if [ ! -e "$venv/.ready" ]; then
-        base="$(rehearse_python)" || { log "rehearse: no python3.12/python3.11 (set DIFFDET_REHEARSE_PYTHON)"; return 4; }
+        base="$(rehearse_python)" \
+            || { log "rehearse: no python3.12/python3.11 (set DIFFDET_REHEARSE_PYTHON)"; return 4; }
         log "rehearse: creating $venv with $base and ${REHEARSE_PACKAGES[*]}"
         "$base" -m venv "$venv" && "$venv/bin/python" -m pip install -q "${REHEARSE_PACKAGES[@]}" \
             || { log "rehearse: could not build the venv $venv"; return 4; }
         touch "$venv/.ready"
     fi
     py="$venv/bin/python"
-    log "rehearse: venv $venv: $("$py" -c 'import sys, torch, triton, torchvision
-print(f"python {sys.version.split()[0]}, torch {torch.__version__}, triton {triton.__version__}, torchvision {torchvision.__version__}")' 2>&1)"
+    log "rehearse: venv $venv: $("$py" -c 'import sys, torch, triton, torchvision as tv
+print(f"python {sys.version.split()[0]}, torch {torch.__version__}, triton {triton.__version__}, "
+      f"torchvision {tv.__version__}")' 2>&1)"
     if "$py" -c 'import pycocotools' 2> /dev/null; then
         log "rehearse: WARNING: pycocotools is installed in $venv; the GPU machine has none"
     else
@@ -52,11 +56,16 @@ print(f"python {sys.version.split()[0]}, torch {torch.__version__}, triton {trit
     find "$src/diffdet" -mindepth 1 ! -name '_C*.so' -delete 2> /dev/null
     git -C "$ROOT" ls-files -z --cached --others --exclude-standard \
         | (cd "$ROOT" && xargs -0 cp -p -P --parents -t "$src" 2> /dev/null)
-    log "rehearse: working tree copied to $src ($(git -C "$ROOT" rev-parse --short HEAD 2> /dev/null))"
+    # The copy has no .git, as on the GPU machine: the commit travels in DIFFDET_COMMIT.
+    commit="$(git -C "$ROOT" rev-parse --short HEAD 2> /dev/null || echo unknown)"
+    [ -z "$(git -C "$ROOT" status --porcelain --untracked-files=no 2> /dev/null)" ] || commit="$commit-dirty"
+    export DIFFDET_COMMIT="${DIFFDET_COMMIT:-$commit}"
+    log "rehearse: working tree at $DIFFDET_COMMIT copied to $src"
 
     # A CPU-only build takes minutes on a small shared machine: wider caps than the GPU machine's.
     (cd "$src" && DIFFDET_SUITE_BUILD=1 PYTHON="$py" DIFFDET_SUITE_BUDGET="${DIFFDET_SUITE_BUDGET:-1800}" \
-        DIFFDET_SUITE_CAP_BUILD="${DIFFDET_SUITE_CAP_BUILD:-1200}" bash benchmarks/gpu_suite.sh --dry-run "$out/suite")
+        DIFFDET_SUITE_CAP_BUILD="${DIFFDET_SUITE_CAP_BUILD:-1200}" \
+        bash benchmarks/gpu_suite.sh --dry-run "$out/suite")
     suite_rc=$?
     log "rehearse: dry run (with the build) exit $suite_rc; $out/suite/summary.txt:"
     sed 's/^/    /' "$out/suite/summary.txt" >> "$report"
