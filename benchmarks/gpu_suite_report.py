@@ -7,12 +7,14 @@ anything the GPU machine lacks; torch only in ``preflight``.
     python gpu_suite_report.py e2e OUT.json RUN.json...             # merge `diffdet bench` runs; print lines
     python gpu_suite_report.py kernels OUT.json DIR                  # merge the kernel benchmark files
     python gpu_suite_report.py junit RESULTS.xml                     # "N passed, N failed, ..."
+    python gpu_suite_report.py arch SM                              # exit 1: no code for SM (sm_90)
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import importlib.util
 import json
 import os
 import re
@@ -52,19 +54,36 @@ def find_nvcc() -> str | None:
     return None
 
 
+def find_cuobjdump() -> str | None:
+    """cuobjdump on PATH, else the copy Triton's NVIDIA backend ships (found without importing triton)."""
+    found = shutil.which("cuobjdump")
+    if found:
+        return found
+    try:
+        spec = importlib.util.find_spec("triton")
+    except (ImportError, ValueError):
+        spec = None
+    for base in (spec.submodule_search_locations or []) if spec else []:
+        candidate = os.path.join(base, "backends", "nvidia", "bin", "cuobjdump")
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
 def extension_arches(root: Path) -> tuple[str | None, list[str]]:
     """The built ``diffdet/_C*.so`` under ``root`` (None if absent) and the sm_XX/compute_XX it holds.
 
     Read with cuobjdump (SASS as ``sm_XX``, PTX as ``compute_XX``); ``["unknown (no cuobjdump)"]``
-    where cuobjdump is missing.
+    where cuobjdump is missing, ``[]`` for a CPU-only build.
     """
     built = sorted(glob.glob(str(root / "diffdet" / "_C*.so")))
     if not built:
         return None, []
-    if shutil.which("cuobjdump") is None:
+    cuobjdump = find_cuobjdump()
+    if cuobjdump is None:
         return built[0], ["unknown (no cuobjdump)"]
-    sass = _run(["cuobjdump", "--list-elf", built[0]]) or ""
-    ptx = _run(["cuobjdump", "--list-ptx", built[0]]) or ""
+    sass = _run([cuobjdump, "--list-elf", built[0]]) or ""
+    ptx = _run([cuobjdump, "--list-ptx", built[0]]) or ""
     arches = sorted(set(re.findall(r"\bsm_\d+a?\b", sass)))
     arches += sorted(f"compute_{v}" for v in set(re.findall(r"\bsm_(\d+a?)\b", ptx)))
     return built[0], arches
@@ -201,6 +220,18 @@ def junit(path: Path) -> int:
     return 0
 
 
+def arch(sm: str, root: Path) -> int:
+    """Print the device code of the built extension; exit 1 when it has none for ``sm`` (e.g. sm_90)."""
+    so, arches = extension_arches(root)
+    if so is None:
+        print(f"no diffdet/_C*.so under {root}")
+        return 1
+    print(f"{os.path.basename(so)}: {' '.join(arches) or 'no device code (CPU-only build)'}")
+    if arches and arches[0].startswith("unknown"):
+        return 0
+    return 0 if sm in arches or f"compute_{sm[3:]}" in arches else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -216,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("folder", type=Path)
     p = sub.add_parser("junit")
     p.add_argument("path", type=Path)
+    p = sub.add_parser("arch")
+    p.add_argument("sm")
+    p.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[1])
     args = parser.parse_args(argv)
     if args.command == "preflight":
         return preflight(args.mode, args.work, args.root)
@@ -223,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         return e2e(args.out, args.runs)
     if args.command == "kernels":
         return kernels(args.out, args.folder)
+    if args.command == "arch":
+        return arch(args.sm, args.root)
     return junit(args.path)
 
 

@@ -199,3 +199,20 @@ def test_report_merges_bench_runs_and_counts_junit(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == "3 passed, 1 failed, 1 errors, 2 skipped"
     assert report.main(["junit", str(tmp_path / "missing.xml")]) == 0
     assert capsys.readouterr().out.strip() == "no results"
+
+
+def test_report_reads_the_extensions_device_code(capsys):
+    report = load_report()
+    so, arches = report.extension_arches(ROOT)
+    if so is None or report.find_cuobjdump() is None:
+        pytest.skip("no built diffdet/_C*.so in this checkout, or no cuobjdump (nor Triton's copy)")
+    from diffdet import _extension
+    from diffdet.ops import OP_BACKENDS
+
+    has_cuda = any(_extension.has_kernel(op, "cuda") for op in OP_BACKENDS)
+    assert bool(arches) == has_cuda, arches  # a CPU-only build holds no device code
+    assert all(a.startswith(("sm_", "compute_")) for a in arches)
+    assert report.main(["arch", "sm_1", "--root", str(ROOT)]) == 1  # no such architecture
+    if arches:
+        assert report.main(["arch", arches[0], "--root", str(ROOT)]) == 0
+        assert arches[0] in capsys.readouterr().out
