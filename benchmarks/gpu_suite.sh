@@ -22,7 +22,8 @@
 #   headline      diffdet bench, R50 at 800x1333, batch 1, 300 boxes x 1 step and 500 x 4: fp32, bf16 and
 #                 CUDA-graph bf16 beside the published ops (torchvision's) in the same run
 #   gpu_tests     pytest -m gpu tests
-#   kernel_bench  benchmarks/bench_<op>.py against torchvision / the references (pytest-benchmark)
+#   kernel_bench  benchmarks/bench_<op>.py (pytest-benchmark): RoIAlign and NMS against torchvision, then the
+#                 Triton kernels against the references (not torch.compile: DIFFDET_SUITE_KERNEL_K)
 #   memcheck      compute-sanitizer memcheck over pytest -m gpu tests/ops, then tests/kernels
 #   grid          diffdet bench over more boxes and steps (R50; Swin-B too when model.backbone=SwinB exists)
 #   racecheck     compute-sanitizer racecheck over pytest -m gpu tests/ops, if time is left
@@ -34,7 +35,8 @@
 # Environment: PYTHON (default python3), DIFFDET_SUITE_STAGES (comma-separated subset), DIFFDET_SUITE_BUDGET,
 # DIFFDET_SUITE_MIN_START, DIFFDET_SUITE_CAP_<STAGE>, DIFFDET_SUITE_BUILD=1 (dry run: build too, CPU-only
 # unless DIFFDET_CUDA=1), DIFFDET_COMMIT (recorded; default git rev-parse HEAD), DIFFDET_SUITE_FAKE_SLOW=
-# stage:seconds[,...] (tests: that stage sleeps first, inside its cap), TORCH_CUDA_ARCH_LIST, MAX_JOBS.
+# stage:seconds[,...] (tests: that stage sleeps first, inside its cap), DIFFDET_SUITE_KERNEL_K (pytest -k of
+# kernel_bench), TORCH_CUDA_ARCH_LIST, MAX_JOBS.
 # Rehearsal: DIFFDET_REHEARSE_VENV (default .rehearse-venv, reused when complete), DIFFDET_REHEARSE_PYTHON
 # (default python3.12, else python3.11), DIFFDET_REHEARSE_TESTS (default tests).
 # Exit status: 0 every stage ok or skipped, 1 a stage failed or timed out, 2 usage, 3 preflight failed.
@@ -228,8 +230,10 @@ stage_kernel_bench() {
         "$PY" -m pytest --collect-only -q -p no:cacheprovider "${files[1]}" || return 1
         note "dry run: ${files[1]} collected only"; return 0
     fi
+    # In this order (pytest keeps it), so a cut run holds the ops against torchvision first. torch.compile
+    # recompiles for every shape and dtype (minutes): left out unless DIFFDET_SUITE_KERNEL_K says otherwise.
     DIFFDET_BENCH_RESULTS="$WORK/kernels" "$PY" -m pytest -q -p no:cacheprovider --benchmark-enable \
-        "${files[@]}"
+        -k "${DIFFDET_SUITE_KERNEL_K:-not torch_compile}" "${files[@]}"
 }
 
 # sanitize TOOL PATH...: compute-sanitizer TOOL over `pytest -m gpu` of each PATH in turn.
