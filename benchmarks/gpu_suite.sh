@@ -287,11 +287,14 @@ export -f note stage_build merge_bench bench_points stage_headline stage_gpu_tes
 
 # collect_STAGE: run after the stage, even one cut at its cap, to gather what it wrote into OUTDIR;
 # prints a note for the summary.
-collect_headline() { merge_bench headline; }
+collect_headline() { merge_bench headline; echo "$(wc -l < "$WORK/headline.lines") points"; }
 collect_grid() { merge_bench grid; echo "$(wc -l < "$WORK/grid.lines") points"; }
 collect_gpu_tests() { "$PY" "$REPORT" junit "$OUTDIR/gpu_tests.xml"; }
 collect_kernel_bench() { "$PY" "$REPORT" kernels "$OUTDIR/kernel_bench.json" "$WORK/kernels"; }
-collect_sanitizer() { grep -h "ERROR SUMMARY" "$WORK/$1.log" | sed 's/=* *//' | tr '\n' ' '; }
+collect_sanitizer() {
+    grep -h "ERROR SUMMARY" "$WORK/$1.log" | sed 's/=* *//' | tr '\n' ' '
+    grep -q "ERROR SUMMARY" "$WORK/$1.log" || echo "no ERROR SUMMARY line"
+}
 collect_memcheck() { collect_sanitizer memcheck; }
 collect_racecheck() { collect_sanitizer racecheck; }
 export -f collect_headline collect_grid collect_gpu_tests collect_kernel_bench collect_sanitizer \

@@ -216,3 +216,64 @@ def test_report_reads_the_extensions_device_code(capsys):
     if arches:
         assert report.main(["arch", arches[0], "--root", str(ROOT)]) == 0
         assert arches[0] in capsys.readouterr().out
+
+
+FAKE_PYTHON = """#!/usr/bin/env bash
+# Stands in for the GPU machine's python3: logs each call with the build variables; the suite's report
+# runs for real, but its preflight and arch checks answer as an H200 would.
+echo "ARCH=${TORCH_CUDA_ARCH_LIST:-} JOBS=${MAX_JOBS:-} CUDA=${DIFFDET_CUDA:-}" \\
+    "INTERPRET=${TRITON_INTERPRET:-} $*" >> "$FAKE_LOG"
+case "$1 ${2:-}" in
+    *gpu_suite_report.py\\ preflight)
+        printf '{"gpu": "NVIDIA H200"}' > "$6/preflight.json"
+        printf 'SUITE_CAPABILITY=9.0\\nSUITE_CORES=16\\n' > "$6/preflight.env"
+        echo "device    NVIDIA H200, capability 9.0 (sm_90)"; exit 0 ;;
+    *gpu_suite_report.py\\ arch) echo "_C.so: sm_90"; exit 0 ;;
+    *gpu_suite_report.py\\ *) exec "$REAL_PYTHON" "$@" ;;
+esac
+"""
+
+
+def test_real_mode_runs_each_stage_with_the_gpu_machines_commands(tmp_path):
+    """The real suite's commands, in value order, with a stand-in python3 and compute-sanitizer."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text(FAKE_PYTHON)
+    (bin_dir / "compute-sanitizer").write_text('#!/usr/bin/env bash\necho "SANITIZER $*" >> "$FAKE_LOG"\n')
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    log = tmp_path / "calls.log"
+    env = {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_LOG": str(log), "REAL_PYTHON": sys.executable,
+        "PYTHON": "python3", "TRITON_INTERPRET": "1",
+    }  # fmt: skip
+    for name in ("TORCH_CUDA_ARCH_LIST", "MAX_JOBS", "DIFFDET_CUDA"):
+        env[name] = ""
+    full_env = {k: v for k, v in {**os.environ, **env}.items() if v != ""}
+    out = tmp_path / "suite"
+    result = subprocess.run(
+        ["bash", str(SUITE), str(out)], cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    calls = log.read_text().splitlines()
+    build = next(c for c in calls if "-m pip install" in c)
+    assert build.startswith("ARCH=9.0 JOBS=16 CUDA=1 INTERPRET= ")  # the card's arch only, every core
+    assert "--no-build-isolation --no-deps --no-index -e ." in build
+    benches = [c for c in calls if "-m diffdet bench" in c]
+    headline = benches[:2]
+    assert all("--device cuda --modes fp32,bf16,graph-bf16 --baselines published --size 800x1333" in c
+               and "--batch 1" in c for c in headline)  # fmt: skip
+    assert "--boxes 300 --steps 1 " in headline[0] and "--boxes 500 --steps 4 " in headline[1]
+    assert any("model.backbone=SwinB" in c for c in benches[2:])
+    order = [
+        next(i for i, c in enumerate(calls) if key in c)
+        for key in ("-m pip install", "--boxes 300 --steps 1", "-m pytest -m gpu", "benchmarks/bench_",
+                    "SANITIZER --tool memcheck", "--boxes 2000", "SANITIZER --tool racecheck")
+    ]  # fmt: skip
+    assert order == sorted(order)
+    memcheck = [c for c in calls if "SANITIZER --tool memcheck" in c]
+    assert [c.split()[-1] for c in memcheck] == ["tests/ops", "tests/kernels"]
+    assert all(row["status"] == "ok" for row in stage_rows(out).values())
+    summary = (out / "summary.txt").read_text()
+    assert "device code: _C.so: sm_90" in summary and "R50 grid and Swin-B" in summary
+    check_layout(out)
