@@ -8,9 +8,10 @@
 #                                                    # copy of the tree, then the dry run and the CPU tests
 #
 # From a session lent a GPU machine (the device tool): one `run`, timeout_s 600, command
-#   bash benchmarks/gpu_suite.sh $OUT/suite
-# The tool copies the working tree there and the build happens there (for that card only). Commit what
-# comes back under benchmarks/results/gpu-<card>/ (README, "The GPU suite"), e.g. gpu-h200/.
+#   DIFFDET_COMMIT=<git rev-parse --short HEAD> bash benchmarks/gpu_suite.sh $OUT/suite
+# The tool copies the working tree (no .git, no ignored files) and the build happens there, for that card
+# only. Commit the files that come back (files_at/suite/*) under benchmarks/results/gpu-<card>/, e.g.
+# benchmarks/results/gpu-h200/ (README: "benchmarks/gpu_suite.sh: everything on a GPU machine").
 #
 # Stages, in order of value; each runs under its own time cap (DIFFDET_SUITE_CAP_<STAGE>=seconds) and
 # none starts when less than DIFFDET_SUITE_MIN_START (20 s) of the overall budget DIFFDET_SUITE_BUDGET
