@@ -255,8 +255,9 @@ stage_memcheck() { sanitize memcheck tests/ops tests/kernels; }
 stage_racecheck() { sanitize racecheck tests/ops; }
 
 stage_grid() {
-    local status=0 swin
+    local status=0 swin backbone=SwinB resnet=R50
     if [ "$MODE" = dry ]; then
+        backbone=SwinNano resnet=R18  # small models: the same code paths in seconds
         BENCH_ARGS=(model.backbone=R18 $BENCH_TINY --modes fp32 --baselines published --size 32x48)
         bench_points grid "3 1,2" || status=1
         swin=($BENCH_TINY --modes fp32 --baselines published --size 64x96 --boxes 3 --steps 1)
@@ -267,13 +268,13 @@ stage_grid() {
         swin=(--device cuda --modes fp32,bf16,graph-bf16 --baselines published --size 800x1333 --warmup 2
               --iters 10 --boxes 300,500 --steps 1,4)
     fi
-    # Swin-B only where the config knows it: an unknown backbone fails with "..., got 'SwinB'".
-    "$PY" -m diffdet bench model.backbone=SwinB "${swin[@]}" --out "$WORK/grid" --name grid-swinb \
-        2> "$WORK/swin.err"
+    # Swin only where the config knows it: an unknown backbone fails with "..., got 'SwinB'".
+    "$PY" -m diffdet bench "model.backbone=$backbone" "${swin[@]}" --out "$WORK/grid" \
+        --name "grid-$backbone" 2> "$WORK/swin.err"
     case $? in
-        0) note "R50 grid and Swin-B" ;;
-        2) if grep -q "got 'SwinB'" "$WORK/swin.err"; then
-               note "R50 grid; no Swin-B (model.backbone=SwinB unknown)"
+        0) note "$resnet grid and $backbone" ;;
+        2) if grep -q "got '$backbone'" "$WORK/swin.err"; then
+               note "$resnet grid; no $backbone (model.backbone=$backbone unknown)"
            else
                status=1
            fi ;;

@@ -275,5 +275,5 @@ def test_real_mode_runs_each_stage_with_the_gpu_machines_commands(tmp_path):
     assert [c.split()[-1] for c in memcheck] == ["tests/ops", "tests/kernels"]
     assert all(row["status"] == "ok" for row in stage_rows(out).values())
     summary = (out / "summary.txt").read_text()
-    assert "device code: _C.so: sm_90" in summary and "R50 grid and Swin-B" in summary
+    assert "device code: _C.so: sm_90" in summary and "R50 grid and SwinB" in summary
     check_layout(out)
