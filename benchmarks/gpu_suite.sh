@@ -37,7 +37,8 @@
 # DIFFDET_SUITE_MIN_START, DIFFDET_SUITE_CAP_<STAGE>, DIFFDET_SUITE_BUILD=1 (dry run: build too, CPU-only
 # unless DIFFDET_CUDA=1), DIFFDET_COMMIT (recorded; default git rev-parse HEAD), DIFFDET_SUITE_FAKE_SLOW=
 # stage:seconds[,...] (tests: that stage sleeps first, inside its cap), DIFFDET_SUITE_KERNEL_K (pytest -k of
-# kernel_bench), TORCH_CUDA_ARCH_LIST, MAX_JOBS.
+# kernel_bench), DIFFDET_SUITE_KEEP_WORK=1 (keep the scratch folder's full logs), TORCH_CUDA_ARCH_LIST,
+# MAX_JOBS.
 # Rehearsal: DIFFDET_REHEARSE_VENV (default .rehearse-venv, reused when complete), DIFFDET_REHEARSE_PYTHON
 # (default python3.12, else python3.11), DIFFDET_REHEARSE_TESTS (default tests).
 # Exit status: 0 every stage ok or skipped, 1 a stage failed or timed out, 2 usage, 3 preflight failed.
@@ -77,6 +78,8 @@ export PY="${PYTHON:-python3}" ROOT OUTDIR MODE PYTHONUNBUFFERED=1 TQDM_DISABLE=
 export REPORT="$ROOT/benchmarks/gpu_suite_report.py"
 export WORK
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/diffdet-suite.XXXXXX")"
+# The full logs go with the scratch folder (logs.txt keeps their tails) unless DIFFDET_SUITE_KEEP_WORK=1.
+[ "${DIFFDET_SUITE_KEEP_WORK:-0}" = 1 ] || trap 'rm -rf "$WORK"' EXIT
 BUDGET="${DIFFDET_SUITE_BUDGET:-460}"
 MIN_START="${DIFFDET_SUITE_MIN_START:-20}"
 KILL_GRACE=10  # after its cap a stage gets SIGINT (pytest still writes its results), then SIGKILL
@@ -378,5 +381,4 @@ for s in "${STAGE_NAMES[@]}"; do run_stage "$s"; done
 
 echo "== summary ($OUTDIR/summary.txt)"
 cat "$OUTDIR/summary.txt"
-[ "${DIFFDET_SUITE_KEEP_WORK:-0}" = 1 ] || rm -rf "$WORK"
 exit $FAILED
