@@ -4,12 +4,14 @@ A benchmark hands each measured row to the ``record_result`` fixture; at the end
 rows of each benchmark module go to ``benchmarks/results/<module>-<machine>.json`` with the machine,
 torch version and commit, and, per (op, mode, shape, dtype), every provider's p50 time relative to
 the row's ``baseline`` provider (``speedup`` > 1: faster than the baseline, measured in the same run).
+``DIFFDET_BENCH_RESULTS=DIR`` writes them under DIR instead (the GPU suite collects them there).
 Nothing is written when pytest-benchmark is disabled (``--benchmark-disable``: a smoke run).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections import defaultdict
 from collections.abc import Callable
@@ -20,7 +22,7 @@ import torch
 
 from diffdet.benchmark.report import device_name, git_commit
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(os.environ.get("DIFFDET_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 _ROWS: dict[str, list[dict]] = defaultdict(list)
 
 

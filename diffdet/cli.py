@@ -79,7 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    return SUBCOMMANDS[args.command][2](args)
+    from diffdet.detect import USAGE_ERROR
+    from diffdet.optional import MissingDependencyError
+
+    try:
+        return SUBCOMMANDS[args.command][2](args)
+    except MissingDependencyError as err:  # e.g. `diffdet eval` where pycocotools is not installed
+        print(f"diffdet {args.command}: error: {err}", file=sys.stderr)
+        return USAGE_ERROR
 
 
 if __name__ == "__main__":

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pycocotools.cocoeval import COCOeval
 
 from diffdet import crowdhuman_eval
 from diffdet.data.coco import CocoDetection
 from diffdet.data.crowdhuman import CrowdHumanDetection
 from diffdet.data.loader import build_test_loader
 from diffdet.engine.distributed import all_gather_objects, get_rank, get_world_size, is_main_process
+from diffdet.optional import pycocotools
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -64,12 +64,16 @@ def coco_box_ap(coco_gt, results: list[dict], image_ids: list[int]) -> dict[str,
     Returns:
         dict[str, float]: AP, AP50, AP75, APs, APm, APl as fractions in [0, 1] (−1 where a size
         range has no GT, as pycocotools reports). All zero when there are no detections.
+
+    Raises:
+        diffdet.optional.MissingDependencyError: pycocotools is not installed.
     """
     if not results:
         return dict.fromkeys(METRICS, 0.0)
+    cocoeval = pycocotools("cocoeval", "COCO evaluation")
     with contextlib.redirect_stdout(io.StringIO()):
         coco_dt = coco_gt.loadRes(results)
-        evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        evaluator = cocoeval.COCOeval(coco_gt, coco_dt, iouType="bbox")
         evaluator.params.imgIds = sorted(image_ids)
         evaluator.evaluate()
         evaluator.accumulate()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import json
 import shutil
@@ -11,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from pycocotools.coco import COCO
 
 from diffdet.checkpoint import save_checkpoint
 from diffdet.cli import main
@@ -23,6 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 COCO128 = ROOT.parent / "shared" / "data" / "coco128"
 ANNOTATIONS = COCO128 / "annotations" / "instances_train2017.json"
 needs_coco128 = pytest.mark.skipif(not ANNOTATIONS.is_file(), reason=f"coco128 not found at {COCO128}")
+needs_pycocotools = pytest.mark.skipif(
+    importlib.util.find_spec("pycocotools") is None, reason="pycocotools is not installed"
+)
 
 TINY = dict(
     backbone="R18", hidden_dim=32, dim_feedforward=64, nheads=2, num_heads=2, dim_dynamic=8,
@@ -55,6 +58,7 @@ def two_images(tmp_path) -> Path:
 
 
 @needs_coco128
+@needs_pycocotools
 def test_detect_writes_annotated_images_and_coco_results(weights, two_images, tmp_path):
     out = tmp_path / "out"
     status, stdout, _ = run_cli(
@@ -71,6 +75,8 @@ def test_detect_writes_annotated_images_and_coco_results(weights, two_images, tm
     for r in results:
         assert set(r) == {"image_id", "category_id", "bbox", "score"} and len(r["bbox"]) == 4
         assert 0.0 <= r["score"] <= 1.0 and r["bbox"][2] >= 0 and r["bbox"][3] >= 0
+    from pycocotools.coco import COCO
+
     gt = COCO(str(ANNOTATIONS))
     detections = gt.loadRes(str(out / "detections.json"))  # pycocotools checks ids and categories
     assert len(detections.anns) == len(results)
@@ -87,6 +93,7 @@ def test_detect_score_threshold_filters(weights, two_images, tmp_path):
 
 
 @needs_coco128
+@needs_pycocotools
 def test_eval_prints_ap_table_and_writes_results(weights, tmp_path):
     results = tmp_path / "results.json"
     status, stdout, _ = run_cli(
@@ -97,6 +104,8 @@ def test_eval_prints_ap_table_and_writes_results(weights, tmp_path):
     header, values = stdout.strip().splitlines()[-2:]
     assert header.split() == ["AP", "AP50", "AP75", "APs", "APm", "APl"]
     assert all(float(v) == -1 or 0.0 <= float(v) <= 100.0 for v in values.split())
+    from pycocotools.coco import COCO
+
     COCO(str(ANNOTATIONS)).loadRes(str(results))
 
 
@@ -112,6 +121,7 @@ def test_detect_reports_an_unreadable_image(weights, two_images, tmp_path):
 
 
 @needs_coco128
+@needs_pycocotools
 def test_eval_rejects_weights_for_other_categories(tmp_path):
     cfg = ModelConfig(**{**TINY, "num_classes": 4})
     path = save_checkpoint(tmp_path / "four.pth", build_detector(cfg), cfg)

@@ -19,13 +19,17 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-from pycocotools.coco import COCO
 
 from diffdet.data.transforms import TrainTransform
+from diffdet.optional import pycocotools
+
+if TYPE_CHECKING:
+    from pycocotools.coco import COCO
 
 REQUIRED_KEYS = {
     "images": ("id", "file_name", "height", "width"),
@@ -106,7 +110,9 @@ def load_coco(annotation_file: str | os.PathLike) -> COCO:
         FileNotFoundError: the file does not exist.
         BadAnnotationError: the file is not JSON or not COCO detection format (or LVIS format,
             :mod:`diffdet.data.lvis`, when it has LVIS fields); the message names it.
+        diffdet.optional.MissingDependencyError: pycocotools is not installed.
     """
+    coco_module = pycocotools("coco", "reading COCO annotations")
     path = str(annotation_file)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"annotation file not found: {path}")
@@ -119,7 +125,7 @@ def load_coco(annotation_file: str | os.PathLike) -> COCO:
 
     if is_lvis(data):
         data = validate_lvis(data, path)
-    coco = COCO()
+    coco = coco_module.COCO()
     coco.dataset = _validate(data, path)
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()

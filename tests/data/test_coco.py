@@ -11,6 +11,8 @@ from PIL import Image
 
 from diffdet.data.coco import BadAnnotationError, BadImageError, CocoDetection, load_coco
 
+pytest.importorskip("pycocotools", reason="pycocotools is not installed (COCO reading)")
+
 COCO128 = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "coco128"
 COCO128_JSON = COCO128 / "annotations" / "instances_train2017.json"
 needs_coco128 = pytest.mark.skipif(not COCO128_JSON.is_file(), reason=f"coco128 not found at {COCO128}")

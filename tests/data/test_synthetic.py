@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from diffdet.data.coco import CocoDetection
 from diffdet.data.synthetic import CLASSES, SyntheticSpec, generate
@@ -24,6 +25,7 @@ def test_generation_is_seeded_and_byte_identical(tmp_path):
 
 
 def test_dataset_loads_with_varied_classes_counts_and_sizes(tmp_path):
+    pytest.importorskip("pycocotools", reason="pycocotools is not installed (COCO reading)")
     paths = generate(tmp_path, SPEC)
     train = CocoDetection(paths["train_images"], paths["train_annotations"])
     val = CocoDetection(paths["val_images"], paths["val_annotations"])

@@ -11,6 +11,8 @@ from diffdet.data.synthetic import SyntheticSpec, generate
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> dict[str, Path]:
+    # Every test that uses it reads it through CocoDetection, which needs pycocotools.
+    pytest.importorskip("pycocotools", reason="pycocotools is not installed (COCO reading)")
     spec = SyntheticSpec(
         num_train=8,
         num_val=4,
