@@ -211,6 +211,37 @@ def _with_frozen_bn_statistics(model):
 
 
 @torch.no_grad()
+def test_bf16_model_pools_bf16_maps_and_keeps_boxes_sampler_and_nms_in_fp32(model, monkeypatch):
+    """``model.to(torch.bfloat16)``: the pyramid and the head's logits are bf16, the boxes the sampler
+    moves and NMS sees are float32."""
+    import diffdet.modeling.head as head_module
+    import diffdet.modeling.sampler as sampler_module
+
+    low = copy.deepcopy(model).to(torch.bfloat16)
+    seen = {}
+    pool, nms = head_module.roi_align_multilevel, sampler_module.batched_nms
+
+    def pool_spy(maps, boxes, *args, **kwargs):
+        seen["maps"] = {(m.dtype, m.is_contiguous(memory_format=torch.channels_last)) for m in maps}
+        return pool(maps, boxes, *args, **kwargs)
+
+    def nms_spy(boxes, scores, *args, **kwargs):
+        seen["nms"] = (boxes.dtype, scores.dtype)
+        return nms(boxes, scores, *args, **kwargs)
+
+    monkeypatch.setattr(head_module, "roi_align_multilevel", pool_spy)
+    monkeypatch.setattr(sampler_module, "batched_nms", nms_spy)
+    dets, steps = low(_images(1), steps=2, seed=0, return_intermediates=True)
+    assert seen["maps"] == {(torch.bfloat16, True)}
+    assert seen["nms"] == (torch.float32, torch.float32)
+    for step in steps:
+        assert step["pred_logits"].dtype == torch.bfloat16
+        assert step["img"].dtype in (torch.float32, torch.float64) and step["boxes"].dtype == torch.float32
+        assert step["pred_boxes"].dtype == torch.float32
+    assert dets[0]["boxes"].dtype == torch.float32 and dets[0]["scores"].dtype == torch.float32
+
+
+@torch.no_grad()
 def test_inference_fusion_gives_the_same_detections_as_the_published_ops(model):
     """Folded FrozenBN + channels-last backbone + oneDNN post-ops (the default) against the unfolded
     NCHW backbone the published code runs: same maps within float32 rounding, same detections."""
