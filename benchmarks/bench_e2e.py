@@ -2,8 +2,10 @@
 
 Providers: ``reference`` (``DIFFDET_BACKEND=reference``: the plain-PyTorch ops), ``published``
 (``DIFFDET_BACKEND=published``: the ops the published code runs, torchvision's pooling loop and NMS)
-and ``diffdet`` (the fast ops), all on one fp32 copy of the model with FrozenBN folded, so the ratios
-are the ops' alone.
+on a copy of the model whose backbone runs as the published code's does (NCHW, FrozenBN unfolded:
+:func:`~diffdet.benchmark.pipeline.published_copy`), and ``diffdet`` (the fast ops on the fp32 copy with
+the inference fusions on: FrozenBN folded, channels-last backbone, oneDNN post-ops), as ``diffdet
+bench`` compares them.
 Settings: 1 step at 300 boxes and 4 steps at 500 boxes, batch 1, random R50 weights (speed does not
 depend on the weights), uniform noise images. Each call is
 :func:`diffdet.benchmark.pipeline.staged_detect`, whose per-component milliseconds (backbone+fpn,
@@ -24,7 +26,7 @@ import pytest
 import torch
 
 from diffdet.benchmark.grid import synthetic_images
-from diffdet.benchmark.pipeline import folded_copy, op_backend, staged_detect
+from diffdet.benchmark.pipeline import folded_copy, op_backend, published_copy, staged_detect
 from diffdet.benchmark.report import device_name
 from diffdet.benchmark.timing import Clock
 from diffdet.modeling.build import build_detector
@@ -41,19 +43,21 @@ pytestmark = [] if DEVICE.type == "cuda" else [pytest.mark.slow]  # R50 on a CPU
 
 
 @pytest.fixture(scope="module")
-def model() -> torch.nn.Module:
-    """The model every provider runs: one folded fp32 copy, random weights."""
+def models() -> dict[str, torch.nn.Module]:
+    """The fast fp32 copy (``diffdet``) and the published-layout copy (the baselines), random weights."""
     torch.manual_seed(0)
     cfg = ModelConfig(backbone=BACKBONE, min_size_test=min(SIZE), max_size_test=max(SIZE))
-    return folded_copy(build_detector(cfg).to(DEVICE), torch.float32)
+    model = build_detector(cfg).to(DEVICE)
+    return {"fast": folded_copy(model, torch.float32), "published": published_copy(model)}
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize(("num_boxes", "steps"), SETTINGS, ids=[f"{p}boxes-{s}steps" for p, s in SETTINGS])
-def test_bench_e2e(benchmark, model, provider, num_boxes, steps):
+def test_bench_e2e(benchmark, models, provider, num_boxes, steps):
     images = synthetic_images(1, SIZE, seed=0, device=DEVICE)
     clock = Clock(DEVICE)
     backend = None if provider == "diffdet" else provider
+    model = models["fast" if provider == "diffdet" else "published"]
 
     def detect():
         with op_backend(backend):

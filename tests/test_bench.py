@@ -17,13 +17,12 @@ import pytest
 import torch
 from PIL import Image
 
-from diffdet.benchmark.grid import run_grid, synthetic_images
-from diffdet.benchmark.pipeline import check_modes, folded_copy, op_backend, staged_detect
+from diffdet.benchmark.grid import published_comparison, run_grid, synthetic_images
+from diffdet.benchmark.pipeline import check_modes, folded_copy, op_backend, published_copy, staged_detect
 from diffdet.benchmark.plot import Series, VLine, line_chart, nice_ticks
 from diffdet.benchmark.settings import GridSettings
 from diffdet.benchmark.timing import Clock, percentile, summarize, time_calls
 from diffdet.cli import main
-from diffdet.modeling.backbone import has_folded_batchnorm
 from diffdet.modeling.build import build_detector
 from diffdet.modeling.config import ModelConfig
 
@@ -83,12 +82,32 @@ def test_op_backend_restores_the_environment(monkeypatch):
     assert os.environ["DIFFDET_BACKEND"] == "compiled"
 
 
-def test_folded_copy_folds_batchnorm_and_casts(model):
+def test_folded_copy_is_fused_and_cast_and_published_copy_is_not(model):
     fast = folded_copy(model, torch.bfloat16)
     assert fast.head.time_mlp[1].weight.dtype == torch.bfloat16
     assert fast.alphas_cumprod.dtype == torch.float64  # the schedule stays float64
-    assert has_folded_batchnorm(fast) and not has_folded_batchnorm(model)  # the original is untouched
-    assert model.head.time_mlp[1].weight.dtype == torch.float32
+    conv = fast.backbone.bottom_up.stem.conv1
+    assert fast.inference_fusion and conv._folded is not None and conv._folded[1].dtype == torch.bfloat16
+    assert list(fast.state_dict()) == list(model.state_dict())  # reference layout kept
+    published = published_copy(model)
+    assert not published.inference_fusion and not published.backbone.bottom_up.stem.conv1.fold_at_inference
+    assert model.head.time_mlp[1].weight.dtype == torch.float32 and model.inference_fusion  # untouched
+
+
+@pytest.mark.parametrize(
+    ("flags", "isa"),
+    [
+        ("fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile", "AMX"),
+        ("fpu avx2 avx512f avx512_bf16", "AVX512-BF16"),
+        ("fpu avx2 avx512f avx512bw avx512_vnni", "AVX512"),
+        ("fpu avx avx2 fma", "AVX2"),
+    ],
+)
+def test_cpu_isa_names_the_widest_matrix_isa(monkeypatch, flags, isa):
+    from diffdet.benchmark import report
+
+    monkeypatch.setattr(report, "_cpuinfo_field", lambda name: flags if name == "flags" else None)
+    assert report.cpu_isa() == isa
 
 
 def test_graph_modes_need_cuda():
@@ -164,7 +183,7 @@ def test_bench_command_writes_table_json_and_plot(tmp_path):
     with contextlib.redirect_stdout(out):
         status = main(
             ["bench", *OVERRIDES, "--device", "cpu", "--size", "48x64", "--boxes", "4,300", "--steps", "1",
-             "--warmup", "0", "--iters", "1", "--out", str(tmp_path), "--name", "tiny"]
+             "--modes", "fp32", "--warmup", "0", "--iters", "1", "--out", str(tmp_path), "--name", "tiny"]
         )  # fmt: skip
     assert status == 0
     table = out.getvalue()
@@ -177,12 +196,47 @@ def test_bench_command_writes_table_json_and_plot(tmp_path):
         assert image.format == "PNG"
 
 
+def test_bench_on_cpu_puts_fp32_and_bf16_beside_the_baseline_at_every_batch(tmp_path):
+    """The CPU default modes (fp32, bf16), a batch list, the ISA in the title and the JSON, and bf16's
+    match against fp32 (IoU 0.9, same label) in its record and the table."""
+    from diffdet.benchmark.report import cpu_isa
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        status = main(
+            ["bench", *OVERRIDES, "--device", "cpu", "--size", "48x64", "--boxes", "4", "--steps", "1",
+             "--batch", "1,2", "--baselines", "published", "--warmup", "0", "--iters", "1", "--out",
+             str(tmp_path), "--name", "cpu"]
+        )  # fmt: skip
+    assert status == 0
+    payload = json.loads((tmp_path / "cpu.json").read_text())
+    assert payload["meta"]["isa"] == cpu_isa() and f"ISA {cpu_isa()}" in out.getvalue()
+    assert "fp32 dets @IoU.9" in out.getvalue()
+    records = payload["records"]
+    assert [(r["batch"], r["mode"], r["backend"]) for r in records] == [
+        (b, m, k) for b in (1, 2) for m, k in (("fp32", "published"), ("fp32", "fast"), ("bf16", "fast"))
+    ]
+    for r in records:
+        assert r["fps"] == pytest.approx(r["batch"] * 1e3 / r["median_ms"])
+        assert ("vs_fp32" in r) == (r["mode"] == "bf16")
+        if r["mode"] == "bf16":
+            assert 0.0 <= r["vs_fp32"]["matched"] <= 1.0
+    # The published figure (batch 1) is compared with our batch-1 figure, not a faster batch-4 one.
+    fast = [
+        {"backend": "fast", "num_boxes": 300, "steps": 1, "batch": b, "fps": f}
+        for b, f in ((1, 2.0), (4, 5.0))
+    ]
+    assert published_comparison(fast)["ours"]["batch"] == 1
+
+
 def test_bench_command_rejects_bad_arguments(tmp_path):
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         assert main(["bench", "--device", "cpu", "--modes", "graph", *OVERRIDES]) == 2
         assert main(["bench", "--device", "cpu", "--data", "x.json", *OVERRIDES]) == 2
+        assert main(["bench", "--device", "cpu", "--dtype", "bf16", "--modes", "fp32", *OVERRIDES]) == 2
     assert "CUDA" in err.getvalue() and "--data needs --weights" in err.getvalue()
+    assert "--dtype or --modes" in err.getvalue()
 
 
 COCO128 = ROOT.parent / "shared" / "data" / "coco128" / "annotations" / "instances_train2017.json"
@@ -198,8 +252,8 @@ def test_bench_with_data_measures_ap_and_draws_the_speed_accuracy_plot(tmp_path)
     with contextlib.redirect_stdout(io.StringIO()):
         status = main(
             ["bench", "--weights", str(weights), "--device", "cpu", "--size", "64x96", "--boxes", "4",
-             "--steps", "1,2", "--warmup", "0", "--iters", "1", "--baselines", "", "--data", str(COCO128),
-             "--max-images", "1", "--out", str(tmp_path), "--name", "acc"]
+             "--steps", "1,2", "--modes", "fp32", "--warmup", "0", "--iters", "1", "--baselines", "",
+             "--data", str(COCO128), "--max-images", "1", "--out", str(tmp_path), "--name", "acc"]
         )  # fmt: skip
     assert status == 0
     records = json.loads((tmp_path / "acc.json").read_text())["records"]

@@ -83,6 +83,31 @@ def test_detect_writes_annotated_images_and_coco_results(weights, two_images, tm
 
 
 @needs_coco128
+@pytest.mark.parametrize("command", ["detect", "eval"])
+def test_dtype_bf16_runs_a_bf16_detector(weights, two_images, tmp_path, monkeypatch, command):
+    """``--dtype bf16`` loads the weights in bfloat16 (boxes and scores come out float32)."""
+    import diffdet.detect
+
+    seen = []
+    runner = "run_detect" if command == "detect" else "run_eval"
+    original = getattr(diffdet.detect, runner)
+
+    def spy(model, *args, **kwargs):
+        seen.append(model.head.time_mlp[1].weight.dtype)
+        return original(model, *args, **kwargs)
+
+    monkeypatch.setattr(diffdet.detect, runner, spy)
+    source = [str(two_images)] if command == "detect" else ["--data", str(ANNOTATIONS), "--max-images", "1"]
+    out = ["--out", str(tmp_path / "out")] if command == "detect" else []
+    status, stdout, stderr = run_cli(
+        command, *source, "--weights", str(weights), "--dtype", "bf16", "--steps", "1", "--device", "cpu",
+        *out, "--no-progress",
+    )  # fmt: skip
+    assert status == 0, stdout + stderr
+    assert seen == [torch.bfloat16]
+
+
+@needs_coco128
 def test_detect_score_threshold_filters(weights, two_images, tmp_path):
     status, _, _ = run_cli(
         "detect", str(two_images / "000000000009.jpg"), "--weights", str(weights), "--score-thr", "1.0",

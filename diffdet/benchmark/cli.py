@@ -68,14 +68,20 @@ def bench_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--modes", type=lambda s: s.split(","), default=None,
-        help=f"fast modes among {','.join(MODES)} (default: fp32,bf16,graph on CUDA, fp32 on CPU)",
+        help=f"fast modes among {','.join(MODES)} (default: fp32,bf16,graph on CUDA, fp32,bf16 on CPU)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--dtype", choices=("fp32", "bf16", "fp16"), default=None,
+        help="measure this dtype's eager mode only (the same as --modes DTYPE)",
     )  # fmt: skip
     parser.add_argument(
         "--baselines", type=lambda s: [b for b in s.split(",") if b], default=["reference"],
         help=f"op backends to compare with, among {','.join(BASELINES)} (default reference; "
         "published: the ops the published code runs); '' for none",
     )  # fmt: skip
-    parser.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
+    parser.add_argument(
+        "--batch", type=_ints, default=[1], help="images per call; a list measures each (e.g. 1,4)"
+    )
     parser.add_argument(
         "--size", type=_size, default=(800, 1333), help="input HxW; also the test resize (800x1333)"
     )
@@ -120,7 +126,15 @@ def bench_main(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from diffdet.benchmark.grid import run_grid
-    from diffdet.benchmark.report import device_name, format_table, git_commit, plot_ap, plot_fps, write_json
+    from diffdet.benchmark.report import (
+        cpu_isa,
+        device_name,
+        format_table,
+        git_commit,
+        plot_ap,
+        plot_fps,
+        write_json,
+    )
 
     try:
         device = pick_device(args.device)
@@ -129,21 +143,37 @@ def bench_main(args: argparse.Namespace) -> int:
         if args.data and not args.weights:
             raise InputError("--data needs --weights (AP of random weights means nothing)")
         model = prepare_model(args, device)
-        modes = args.modes or (["fp32", "bf16", "graph"] if device.type == "cuda" else ["fp32"])
-        settings = GridSettings(
-            boxes=args.boxes, steps=args.steps, modes=modes, batch=args.batch, size=args.size,
-            warmup=args.warmup, iters=args.iters, baselines=args.baselines, seed=args.seed,
-        )  # fmt: skip
+        if args.dtype and args.modes:
+            raise InputError("give --dtype or --modes, not both")
+        default = ["fp32", "bf16", "graph"] if device.type == "cuda" else ["fp32", "bf16"]
+        modes = [args.dtype] if args.dtype else args.modes or default
+        grids = [
+            GridSettings(
+                boxes=args.boxes,
+                steps=args.steps,
+                modes=modes,
+                batch=batch,
+                size=args.size,
+                warmup=args.warmup,
+                iters=args.iters,
+                baselines=args.baselines,
+                seed=args.seed,
+            )
+            for batch in args.batch or [1]
+        ]
         if args.data:
             dataset = coco_dataset(args.data, args.images, args.max_images)
-            settings.ap_fn = lambda m, p, s: run_eval(
+            grids[0].ap_fn = lambda m, p, s: run_eval(
                 m, dataset, num_boxes=p, steps=s, seed=args.seed, progress=False
             )
         slug = re.sub(r"[^A-Za-z0-9]+", "-", device_name(device)).strip("-")
         name = args.name or f"e2e-{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
-        runs = 1 + len(modes) * bool(args.data)  # progress calls per grid point
-        with tqdm(total=len(settings.boxes) * len(settings.steps) * runs, desc="bench", unit="step") as bar:
-            records = run_grid(model, settings, progress=_advance(bar))
+        calls = sum(len(g.boxes) * len(g.steps) * (1 + len(modes) * (g.ap_fn is not None)) for g in grids)
+        records = []
+        with tqdm(total=calls, desc="bench", unit="step") as bar:
+            progress = _advance(bar)
+            for settings in grids:
+                records += run_grid(model, settings, progress=progress)
             bar.update(1)  # the last step
     except (InputError, ValueError) as err:
         print(f"diffdet bench: error: {err}", file=sys.stderr)
@@ -152,6 +182,8 @@ def bench_main(args: argparse.Namespace) -> int:
     dev = device_name(device)
     meta = {
         "device": dev,
+        "isa": cpu_isa() if device.type == "cpu" else None,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch": torch.__version__,
         "commit": git_commit(),
         "config": args.config,
@@ -166,7 +198,7 @@ def bench_main(args: argparse.Namespace) -> int:
         "backbone": model.cfg.backbone,
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    print(format_table(records, dev))
+    print(format_table(records, dev, meta["isa"]))
     written = [write_json(out / f"{name}.json", records, meta), plot_fps(records, out / f"{name}.png", dev)]
     if args.data:
         written.append(plot_ap(records, out / f"{name}_ap.png", dev))

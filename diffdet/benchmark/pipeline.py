@@ -73,14 +73,15 @@ def op_backend(name: str | None) -> Iterator[None]:
 
 
 def folded_copy(model: DiffusionDet, dtype: torch.dtype) -> DiffusionDet:
-    """A copy of ``model`` for inference: FrozenBN folded into the convolutions, cast to ``dtype``.
+    """A copy of ``model`` for the fast modes, cast to ``dtype``, its inference fusions on and warm
+    (FrozenBN folded, channels-last backbone; see :meth:`DiffusionDet.fuse_for_inference`)."""
+    return copy.deepcopy(model).eval().to(dtype=dtype).fuse_for_inference()
 
-    Folding changes the backbone's rounding, which a random-weight R50 amplifies into different
-    detections; compare backends on the same folded copy.
-    """
-    fast = copy.deepcopy(model).eval()
-    fast.fuse_for_inference()
-    return fast.to(dtype=dtype)
+
+def published_copy(model: DiffusionDet) -> DiffusionDet:
+    """A float32 copy of ``model`` that runs its backbone as the published code does (NCHW, every
+    FrozenBN an elementwise pass, no fused post-ops): the baselines' model."""
+    return copy.deepcopy(model).eval().float().fuse_for_inference(False)
 
 
 @torch.no_grad()
@@ -142,7 +143,7 @@ def graph_runner(
     """Capture ``model``'s detection of this batch in a CUDA graph; return a call that replays it.
 
     Args:
-        model: the detector on a CUDA device (fold its FrozenBN first, see :func:`folded_copy`).
+        model: the detector on a CUDA device (with its inference fusions warm, see :func:`folded_copy`).
         images: the batch every replay detects (fixes the captured padded size).
         num_boxes: P.
         steps: S.

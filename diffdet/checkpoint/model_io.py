@@ -228,7 +228,10 @@ def load(
         **overrides: ModelConfig fields to change, e.g. ``num_proposals=300``.
 
     Returns:
-        The DiffusionDet in eval mode.
+        The DiffusionDet in eval mode, ready to detect: its inference fusions are on and warm (every
+        FrozenBN folded into its convolution, channels-last backbone; see
+        :meth:`~diffdet.modeling.detector.DiffusionDet.fuse_for_inference`), while its parameters and
+        state_dict keep the reference layout (it trains and saves as any model).
 
     Raises:
         FileNotFoundError: no such file, or a preset's file is missing (the message says what to fetch
@@ -241,4 +244,4 @@ def load(
     if preset is not None and detect_layout(checkpoint) == "reference":
         overrides = {**preset.model_overrides, **overrides}
     model = model_from_checkpoint(checkpoint, **overrides)
-    return model.to(device=device, dtype=dtype).eval()
+    return model.to(device=device, dtype=dtype).eval().fuse_for_inference()

@@ -29,8 +29,9 @@ class CudaGraphSampler:
     """Capture ``model``'s detection of fixed-size batches in a CUDA graph and replay it.
 
     Args:
-        model: a DiffusionDet on a CUDA device, in eval mode (fold its FrozenBN first with
-            :meth:`DiffusionDet.fuse_for_inference` for speed).
+        model: a DiffusionDet on a CUDA device, in eval mode. Its inference fusions (folded
+            FrozenBN, see :meth:`DiffusionDet.fuse_for_inference`) are made warm before capture, so
+            the graph reads the folded weights the model caches.
         batch_size: B of every call.
         padded_size: (Hp, Wp) of the preprocessed batch (multiples of the size divisibility; 800x1344
             for COCO landscape images resized to 800x1333 for instance).
@@ -69,7 +70,7 @@ class CudaGraphSampler:
         )
         if num_boxes < 1:
             raise ValueError(f"num_boxes must be >= 1, got {num_boxes}")
-        self.model = model.eval()
+        self.model = model.eval().fuse_for_inference(model.inference_fusion)
         self.batch_size, self.padded_size = batch_size, tuple(padded_size)
         self.num_boxes, self.steps, self.renewal_threshold = num_boxes, steps, renewal_threshold
         dtype = model.head.time_mlp[1].weight.dtype

@@ -18,7 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from diffdet.losses import build_criterion
-from diffdet.modeling.backbone import build_backbone, fold_frozen_batchnorm
+from diffdet.modeling.backbone import build_backbone
+from diffdet.modeling.backbone.conv import Conv2d
 from diffdet.modeling.config import ENSEMBLES, ModelConfig
 from diffdet.modeling.diffusion import SCHEDULE_BUFFERS, schedule_buffers
 from diffdet.modeling.head import DynamicHead
@@ -74,6 +75,7 @@ class DiffusionDet(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(cfg.pixel_std).view(3, 1, 1), persistent=False)
         self.criterion = build_criterion(cfg.num_classes, cfg.loss)
         self.sampler = DDIMSampler(self.alphas_cumprod, cfg.snr_scale)
+        self.inference_fusion = True
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -95,27 +97,38 @@ class DiffusionDet(nn.Module):
                 self._buffers[name] = old.to(new.device)
         return self
 
-    def fuse_for_inference(self) -> DiffusionDet:
-        """Fold every FrozenBatchNorm of the backbone into its convolution (in place, for inference).
+    def fuse_for_inference(self, enabled: bool = True) -> DiffusionDet:
+        """Turn the inference fusions on (the default) or off; returns ``self``.
 
-        A no-op for Swin backbones (LayerNorms only; nothing to fold). The state_dict loses the
-        ``*.norm.*`` keys of folded convs and gains their ``bias``: save checkpoints before fusing.
-        Returns ``self``.
+        On: calls without autograd fold every FrozenBatchNorm of the backbone into its convolution
+        (cached, see :class:`~diffdet.modeling.backbone.conv.Conv2d`), run the backbone and FPN
+        channels-last end to end (the layout the RoI pooler reads fastest), and on the CPU run each
+        convolution's residual add and ReLU as oneDNN post-ops. Enabling also computes the folded
+        weights now. Parameters, buffers and the state_dict keep the reference layout either way, so
+        checkpoints save and load as usual. Off: the published code's ops (NCHW, unfolded norms).
+        A Swin trunk has no FrozenBatchNorm to fold; its FPN still runs channels-last.
         """
-        fold_frozen_batchnorm(self.backbone)
+        self.inference_fusion = enabled
+        for module in self.backbone.modules():
+            if isinstance(module, Conv2d):
+                module.fold_at_inference = enabled
+                if enabled:
+                    module.inference_weight_and_bias()
         return self
 
     def features(self, images: Tensor) -> list[Tensor]:
         """Backbone + FPN: [B, 3, Hp, Wp] normalised padded images -> p2..p5 maps, finest first.
 
-        In eval mode the maps are made channels-last once here: every head stage of every step pools
-        them, and roi_align_multilevel vectorises over channels (NCHW maps would be copied per call).
-        Training keeps NCHW, where the op's backward returns NCHW gradients.
+        Outside training (and with the inference fusions on, see :meth:`fuse_for_inference`) the
+        images are made channels-last once here, so the backbone and FPN run channels-last end to end
+        and the maps come out in the layout every head stage of every step pools fastest (NCHW maps
+        would be copied per call). Training keeps NCHW, where the pooler's backward returns NCHW
+        gradients.
         """
-        maps = list(self.backbone(images).values())
-        if self.training:
-            return maps
-        return [m.contiguous(memory_format=torch.channels_last) for m in maps]
+        if self.training or not self.inference_fusion:
+            return list(self.backbone(images).values())
+        maps = self.backbone(images.contiguous(memory_format=torch.channels_last)).values()
+        return [m.contiguous(memory_format=torch.channels_last) for m in maps]  # a no-op unless a map was not
 
     def preprocess(self, images: Tensor | Sequence[Tensor], *, resize: bool) -> ImageBatch:
         """Validate, resize (when ``resize``), normalise and pad images; see :mod:`preprocess`."""

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from diffdet.modeling import CudaGraphSampler, ModelConfig, build_detector
+from diffdet.modeling.backbone import FrozenBatchNorm2d
 from diffdet.modeling.box_ops import box_iou
 from diffdet.modeling.diffusion import SCHEDULE_BUFFERS
 from diffdet.modeling.sampler import draw_noise
@@ -195,10 +196,114 @@ def test_low_precision_matches_fp32_on_high_score_detections(model, dtype):
         assert same_class.numel() and float(box_iou(box[None], same_class).max()) > 0.9
 
 
-def test_fused_frozen_bn_gives_the_same_detections(model):
-    fused = copy.deepcopy(model).fuse_for_inference()
-    assert not any(k.endswith("norm.running_mean") for k in fused.state_dict())
-    _same(model(_images(1), steps=2, seed=1)[0], fused(_images(1), steps=2, seed=1)[0])
+def _with_frozen_bn_statistics(model):
+    """A copy whose FrozenBNs are not the identity (a fresh model's are), so folding them matters."""
+    model = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(7)
+    for m in model.modules():
+        if isinstance(m, FrozenBatchNorm2d):
+            c = m.num_features
+            m.weight.copy_(0.5 + torch.rand(c, generator=gen))
+            m.bias.copy_(0.1 * torch.randn(c, generator=gen))
+            m.running_mean.copy_(0.1 * torch.randn(c, generator=gen))
+            m.running_var.copy_(0.5 + torch.rand(c, generator=gen))
+    return model
+
+
+@torch.no_grad()
+def test_bf16_model_pools_bf16_maps_and_keeps_boxes_sampler_and_nms_in_fp32(model, monkeypatch):
+    """``model.to(torch.bfloat16)``: the pyramid and the head's logits are bf16, the boxes the sampler
+    moves and NMS sees are float32."""
+    import diffdet.modeling.head as head_module
+    import diffdet.modeling.sampler as sampler_module
+
+    low = copy.deepcopy(model).to(torch.bfloat16)
+    seen = {}
+    pool, nms = head_module.roi_align_multilevel, sampler_module.batched_nms
+
+    def pool_spy(maps, boxes, *args, **kwargs):
+        seen["maps"] = {(m.dtype, m.is_contiguous(memory_format=torch.channels_last)) for m in maps}
+        return pool(maps, boxes, *args, **kwargs)
+
+    def nms_spy(boxes, scores, *args, **kwargs):
+        seen["nms"] = (boxes.dtype, scores.dtype)
+        return nms(boxes, scores, *args, **kwargs)
+
+    monkeypatch.setattr(head_module, "roi_align_multilevel", pool_spy)
+    monkeypatch.setattr(sampler_module, "batched_nms", nms_spy)
+    dets, steps = low(_images(1), steps=2, seed=0, return_intermediates=True)
+    assert seen["maps"] == {(torch.bfloat16, True)}
+    assert seen["nms"] == (torch.float32, torch.float32)
+    for step in steps:
+        assert step["pred_logits"].dtype == torch.bfloat16
+        assert step["img"].dtype in (torch.float32, torch.float64) and step["boxes"].dtype == torch.float32
+        assert step["pred_boxes"].dtype == torch.float32
+    assert dets[0]["boxes"].dtype == torch.float32 and dets[0]["scores"].dtype == torch.float32
+
+
+@torch.no_grad()
+def test_inference_fusion_gives_the_same_detections_as_the_published_ops(model):
+    """Folded FrozenBN + channels-last backbone + oneDNN post-ops (the default) against the unfolded
+    NCHW backbone the published code runs: same maps within float32 rounding, same detections."""
+    fused = _with_frozen_bn_statistics(model)
+    plain = copy.deepcopy(fused).fuse_for_inference(False)
+    images = _images(2)
+    batch = fused.preprocess(images, resize=True)
+    got, want = fused.features(batch.tensor), plain.features(batch.tensor)
+    for level, (a, b) in enumerate(zip(got, want, strict=True)):
+        assert a.is_contiguous(memory_format=torch.channels_last) and b.is_contiguous(), f"p{level + 2}"
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()), msg=f"p{level + 2}")
+    for a, b in zip(fused(images, steps=2, seed=1), plain(images, steps=2, seed=1), strict=True):
+        _same(a, b)
+
+
+def test_training_runs_the_unfolded_reference_ops(model):
+    """With autograd on, each backbone conv is conv -> FrozenBN (-> add -> ReLU) bit for bit."""
+    fused = _with_frozen_bn_statistics(model)
+    conv = fused.backbone.bottom_up.res2[0].conv1
+    x = torch.randn(1, conv.in_channels, 8, 12, requires_grad=True)
+    with torch.no_grad():
+        conv(x)  # warm the folded cache: it must not be used below
+    expected = torch.relu(
+        conv.norm(torch.nn.functional.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding))
+    )
+    assert torch.equal(conv(x, relu=True), expected)
+
+
+@torch.no_grad()
+def test_folded_weights_follow_in_place_updates_and_load_state_dict(model):
+    fused = _with_frozen_bn_statistics(model)
+    conv = fused.backbone.bottom_up.stem.conv1
+    x = torch.randn(1, 3, 16, 16)
+    fused.fuse_for_inference()  # folds now
+    for change in (lambda: conv.weight.mul_(2.0), lambda: conv.norm.running_var.add_(1.0)):
+        change()
+        expected = conv.norm(torch.nn.functional.conv2d(x, conv.weight, None, conv.stride, conv.padding))
+        torch.testing.assert_close(conv(x), expected, rtol=1e-5, atol=1e-5)
+    before = conv(x)
+    other = build_detector(ModelConfig(**TINY))
+    fused.load_state_dict(other.state_dict())
+    new = other.backbone.bottom_up.stem.conv1
+    expected = new.norm(torch.nn.functional.conv2d(x, new.weight, None, new.stride, new.padding))
+    torch.testing.assert_close(conv(x), expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(before, expected)
+
+
+def test_fused_model_state_dict_keeps_the_reference_layout_and_round_trips(model, tmp_path):
+    """A model ready to detect (fusions warm) saves the reference layout, and its state_dict loads
+    strictly into a fresh unfused model, tensor for tensor, with the same detections."""
+    fused = _with_frozen_bn_statistics(model).fuse_for_inference()
+    fused(_images(1), steps=1, seed=0)
+    state = fused.state_dict()
+    fresh = build_detector(ModelConfig(**TINY))
+    assert list(state) == list(fresh.state_dict())
+    assert any(k.endswith("norm.running_var") for k in state) and not any("_folded" in k for k in state)
+    torch.save(state, tmp_path / "model.pth")
+    fresh.load_state_dict(torch.load(tmp_path / "model.pth", weights_only=True), strict=True)
+    for name, tensor in fresh.state_dict().items():
+        assert torch.equal(tensor, state[name]), name
+    fresh.eval().fuse_for_inference(False)
+    _same(fused(_images(1), steps=2, seed=3)[0], fresh(_images(1), steps=2, seed=3)[0])
 
 
 def test_state_dict_round_trip_and_float64_buffers(model):

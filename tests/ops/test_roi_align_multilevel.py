@@ -157,6 +157,35 @@ def test_roi_align_multilevel_matches_reference(dtype, atol, rtol, channels_last
 
 
 @needs_cpu_kernel
+@pytest.mark.parametrize("bin_major", [False, True])
+def test_roi_align_multilevel_bf16_pyramid_matches_the_fp32_reference(bin_major):
+    """A bf16 detector's pyramid (channels-last bf16 maps) pooled by the CPU kernel straight from bf16,
+    with no float32 copy of any map, against the float32 reference on the unrounded float32 maps and
+    boxes: its error is at most 2x that of the reference run on the bf16-rounded inputs and rounded to
+    bf16 (the error bf16 storage costs anyway), plus 1e-3."""
+    feats = make_features(channels=24)
+    boxes, batch_idx = make_boxes(200)
+    maps = [f.to(torch.bfloat16).contiguous(memory_format=torch.channels_last) for f in feats]
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+        out = roi_align_multilevel(maps, boxes, batch_idx, bin_major=bin_major)
+    copies = [
+        (e.key, e.input_shapes)
+        for e in prof.key_averages(group_by_input_shape=True)
+        if e.key in ("aten::to", "aten::_to_copy", "aten::copy_", "aten::clone", "aten::contiguous")
+        and any(len(shape) == 4 for shape in e.input_shapes)
+    ]
+    assert not copies, f"a map was copied: {copies}"
+    assert out.dtype == torch.bfloat16
+    expected = roi_align_multilevel_reference(feats, boxes, batch_idx, bin_major=bin_major)
+    rounded = roi_align_multilevel_reference(
+        [m.float() for m in maps], boxes.to(torch.bfloat16).float(), batch_idx, bin_major=bin_major
+    ).to(torch.bfloat16)
+    budget = 2 * float((rounded.float() - expected).abs().max()) + 1e-3
+    err = float((out.float() - expected).abs().max())
+    assert err <= budget, f"bf16 kernel error {err:.4g} > {budget:.4g} (2x bf16 rounding of the inputs)"
+
+
+@needs_cpu_kernel
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("num", [10, 400])
 @pytest.mark.parametrize("channels", [20, 72])

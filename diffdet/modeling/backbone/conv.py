@@ -45,6 +45,14 @@ def get_norm(norm: str, channels: int) -> nn.Module | None:
 class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` followed by an optional norm it owns (detectron2 ``layers.Conv2d``).
 
+    Inference (calls with autograd off, e.g. under ``torch.no_grad``) runs a FrozenBatchNorm2d folded
+    into the convolution (weight * scale, bias * scale + shift, computed once in float64 and cached
+    until a weight or statistic changes), and on the CPU the optional residual add and ReLU as oneDNN
+    post-ops of the convolution (one pass over the output instead of three). The parameters and the
+    state_dict keep the reference layout; calls with autograd on (training) run the unfolded ops.
+    ``fold_at_inference = False`` (see :meth:`DiffusionDet.fuse_for_inference`) runs the unfolded ops
+    always, as the published code does.
+
     Args:
         *args: as ``nn.Conv2d``.
         norm: the norm module applied to the convolution's output, or None.
@@ -57,20 +65,132 @@ class Conv2d(nn.Conv2d):
     def __init__(self, *args, norm: nn.Module | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.norm = norm
+        self.fold_at_inference = True
+        self._folded: tuple[tuple, torch.Tensor, torch.Tensor] | None = None  # (key, weight, bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Convolve, then normalise.
+    def forward(
+        self, x: torch.Tensor, *, residual: torch.Tensor | None = None, relu: bool = False
+    ) -> torch.Tensor:
+        """Convolve, normalise, then add ``residual`` and apply ReLU when asked (in that order).
 
         Args:
             x (Tensor[B, Cin, H, W]): input feature map.
+            residual (Tensor[B, Cout, H', W']): added to the normalised output (a ResNet shortcut, an
+                FPN top-down map), or None.
+            relu: apply ReLU last.
 
         Returns:
-            Tensor[B, Cout, H', W'].
+            Tensor[B, Cout, H', W'], in x's memory format on the CPU fast path.
         """
-        x = self._conv_forward(x, self.weight, self.bias)
-        if self.norm is not None:
-            x = self.norm(x)
-        return x
+        if self.fold_at_inference and not torch.is_grad_enabled() and self._foldable():
+            weight, bias = self.inference_weight_and_bias()
+            if (
+                self.padding_mode == "zeros"
+                and not isinstance(self.padding, str)
+                and _onednn_fusable(x, weight, residual)
+            ):
+                return _onednn_conv(
+                    x, weight, bias, residual, relu, self.padding, self.stride, self.dilation, self.groups
+                )
+            x = self._conv_forward(x, weight, bias)
+        else:
+            x = self._conv_forward(x, self.weight, self.bias)
+            if self.norm is not None:
+                x = self.norm(x)
+        if residual is not None:
+            x += residual
+        return torch.relu_(x) if relu else x
+
+    def _foldable(self) -> bool:
+        return self.norm is None or isinstance(self.norm, FrozenBatchNorm2d)
+
+    @torch.no_grad()
+    def inference_weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The convolution's (weight, bias) with a FrozenBatchNorm2d folded in (the plain ones without).
+
+        The folded pair is computed in float64, stored in the weight's dtype (weight channels-last) and
+        cached; the cache is recomputed when the weight, the bias or a norm statistic is replaced or
+        modified in place (optimizer step, ``load_state_dict``, ``to(dtype)``).
+        """
+        if self.norm is None:
+            return self.weight, self.bias
+        tensors = [
+            self.weight,
+            self.norm.weight,
+            self.norm.bias,
+            self.norm.running_mean,
+            self.norm.running_var,
+        ]
+        if self.bias is not None:
+            tensors.append(self.bias)
+        key = tuple(_identity(t) for t in tensors)
+        if self._folded is None or self._folded[0] != key:
+            scale, shift = self.norm.scale_and_shift(torch.float64)
+            weight = self.weight.double() * scale.view(-1, 1, 1, 1)
+            bias = shift if self.bias is None else self.bias.double() * scale + shift
+            weight = weight.to(self.weight.dtype).contiguous(memory_format=torch.channels_last)
+            self._folded = (key, weight, bias.to(self.weight.dtype))
+        return self._folded[1], self._folded[2]
+
+
+def _identity(t: torch.Tensor) -> tuple:
+    """Storage, version, dtype and device of ``t``: changes when ``t`` is replaced or written in place."""
+    version = 0 if t.is_inference() else t._version  # inference tensors keep no version counter
+    return (t.data_ptr(), version, t.dtype, t.device)
+
+
+def _onednn_fusable(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None) -> bool:
+    """Whether oneDNN can run this convolution with its residual add and ReLU as post-ops."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.bfloat16)
+        and weight.dtype == x.dtype
+        and x.dim() == 4
+        and torch.backends.mkldnn.is_available()
+        and (residual is None or residual.dtype == x.dtype)
+    )
+
+
+def _onednn_conv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor | None,
+    relu: bool,
+    padding: tuple[int, ...],
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+    groups: int,
+) -> torch.Tensor:
+    """conv(x) [+ residual] [-> ReLU] in one oneDNN primitive (the ops PyTorch's inductor emits on
+    the CPU). The post-ops apply to the float32 accumulator, so fp32 results equal the unfused ops'."""
+    pointwise = torch.ops.mkldnn._convolution_pointwise
+    padding, stride, dilation = list(padding), list(stride), list(dilation)
+    unary = "relu" if relu else "none"
+    if residual is None:
+        return pointwise(x, weight, bias, padding, stride, dilation, groups, unary, [None], "")
+    residual = residual.contiguous(memory_format=_memory_format(x))
+    return pointwise.binary(
+        x,
+        residual,
+        weight,
+        bias,
+        padding,
+        stride,
+        dilation,
+        groups,
+        "add",
+        None,
+        unary if relu else None,
+        [None],
+        "",
+    )
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    return (
+        torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    )
 
 
 def c2_msra_fill(module: nn.Conv2d) -> None:

@@ -118,6 +118,6 @@ class FPN(nn.Module):
             names[1:], self._lateral_convs[1:], self._output_convs[1:], strict=True
         ):
             upsampled = F.interpolate(top_down, scale_factor=2.0, mode="nearest")
-            top_down = lateral(features[name]) + upsampled
+            top_down = lateral(features[name], residual=upsampled)
             results.insert(0, output(top_down))
         return dict(zip(self._out_shapes, results, strict=True))

@@ -57,7 +57,7 @@ class BasicStem(_Block):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Tensor[B, Cin, H, W] -> Tensor[B, Cout, ceil(H/4), ceil(W/4)]."""
-        x = F.relu_(self.conv1(x))
+        x = self.conv1(x, relu=True)
         return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
 
 
@@ -96,11 +96,10 @@ class BottleneckBlock(_Block):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Tensor[B, Cin, H, W] -> Tensor[B, Cout, ceil(H/stride), ceil(W/stride)]."""
-        out = F.relu_(self.conv1(x))
-        out = F.relu_(self.conv2(out))
-        out = self.conv3(out)
-        out += x if self.shortcut is None else self.shortcut(x)
-        return F.relu_(out)
+        shortcut = x if self.shortcut is None else self.shortcut(x)
+        out = self.conv1(x, relu=True)
+        out = self.conv2(out, relu=True)
+        return self.conv3(out, residual=shortcut, relu=True)
 
 
 class BasicBlock(_Block):
@@ -126,10 +125,9 @@ class BasicBlock(_Block):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Tensor[B, Cin, H, W] -> Tensor[B, Cout, ceil(H/stride), ceil(W/stride)]."""
-        out = F.relu_(self.conv1(x))
-        out = self.conv2(out)
-        out += x if self.shortcut is None else self.shortcut(x)
-        return F.relu_(out)
+        shortcut = x if self.shortcut is None else self.shortcut(x)
+        out = self.conv1(x, relu=True)
+        return self.conv2(out, residual=shortcut, relu=True)
 
 
 def _shortcut(in_channels: int, out_channels: int, stride: int, norm: str) -> Conv2d | None:
