@@ -11,7 +11,6 @@ import torch
 from diffdet.checkpoint import load_backbone_weights, load_pickle
 from diffdet.checkpoint.backbone_weights import torchvision_to_detectron2_name
 from diffdet.modeling.backbone import build_backbone, build_resnet
-from diffdet.modeling.backbone.conv import Conv2d
 
 torchvision = pytest.importorskip("torchvision")
 
@@ -52,9 +51,6 @@ def test_torchvision_resnet50_weights_give_torchvision_features(tmp_path):
     path = tmp_path / "resnet50.pth"
     torch.save(tv.state_dict(), path)
     model = build_resnet("R50").eval()
-    for conv in model.modules():  # the unfolded ops, as torchvision's: this checks the weight mapping
-        if isinstance(conv, Conv2d):
-            conv.fold_at_inference = False
     report = load_backbone_weights(model, path)
     assert report.missing == []
     assert sorted(report.ignored) == sorted(

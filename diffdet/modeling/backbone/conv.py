@@ -106,14 +106,13 @@ class Conv2d(nn.Conv2d):
 
     @torch.no_grad()
     def inference_weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The convolution's (weight, bias) with a FrozenBatchNorm2d folded in (the plain ones without
-        a norm or with one that cannot be folded, GroupNorm and BatchNorm2d).
+        """The convolution's (weight, bias) with a FrozenBatchNorm2d folded in (the plain ones without).
 
         The folded pair is computed in float64, stored in the weight's dtype (weight channels-last) and
         cached; the cache is recomputed when the weight, the bias or a norm statistic is replaced or
         modified in place (optimizer step, ``load_state_dict``, ``to(dtype)``).
         """
-        if self.norm is None or not self._foldable():
+        if self.norm is None:
             return self.weight, self.bias
         tensors = [
             self.weight,
