@@ -252,12 +252,12 @@ def test_bench_with_data_measures_ap_and_draws_the_speed_accuracy_plot(tmp_path)
     with contextlib.redirect_stdout(io.StringIO()):
         status = main(
             ["bench", "--weights", str(weights), "--device", "cpu", "--size", "64x96", "--boxes", "4",
-             "--steps", "1,2", "--modes", "fp32", "--warmup", "0", "--iters", "1", "--baselines", "",
+             "--steps", "1,2", "--warmup", "0", "--iters", "1", "--baselines", "",
              "--data", str(COCO128), "--max-images", "1", "--out", str(tmp_path), "--name", "acc"]
         )  # fmt: skip
     assert status == 0
     records = json.loads((tmp_path / "acc.json").read_text())["records"]
-    assert [r["steps"] for r in records] == [1, 2]
+    assert [(r["steps"], r["mode"]) for r in records] == [(1, "fp32"), (1, "bf16"), (2, "fp32"), (2, "bf16")]
     assert all(set(r["ap"]) >= {"AP", "AP50"} for r in records)
     with Image.open(tmp_path / "acc_ap.png") as image:
         assert image.format == "PNG"

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from diffdet.losses import build_criterion
 from diffdet.modeling.backbone import build_backbone
-from diffdet.modeling.backbone.conv import Conv2d
+from diffdet.modeling.backbone.conv import set_inference_folding
 from diffdet.modeling.config import ENSEMBLES, ModelConfig
 from diffdet.modeling.diffusion import SCHEDULE_BUFFERS, schedule_buffers
 from diffdet.modeling.head import DynamicHead
@@ -109,11 +109,7 @@ class DiffusionDet(nn.Module):
         A Swin trunk has no FrozenBatchNorm to fold; its FPN still runs channels-last.
         """
         self.inference_fusion = enabled
-        for module in self.backbone.modules():
-            if isinstance(module, Conv2d):
-                module.fold_at_inference = enabled
-                if enabled:
-                    module.inference_weight_and_bias()
+        set_inference_folding(self.backbone, enabled)
         return self
 
     def features(self, images: Tensor) -> list[Tensor]:

@@ -16,6 +16,7 @@ from diffdet.modeling.backbone import (
     fold_frozen_batchnorm,
     get_norm,
     has_folded_batchnorm,
+    set_inference_folding,
 )
 from diffdet.modeling.shape_spec import ShapeSpec
 
@@ -112,6 +113,25 @@ def test_frozen_bn_equals_batchnorm_in_eval(requires_grad):
 def test_fresh_frozen_bn_is_identity():
     x = torch.randn(1, 4, 3, 3)
     torch.testing.assert_close(FrozenBatchNorm2d(4)(x), x)
+
+
+@pytest.mark.parametrize("norm", ["GN", "BN"])
+def test_inference_folding_leaves_trainable_norms_alone(norm):
+    """Backbones with trainable norms (train from scratch) warm and run the inference path: their
+    trunk convs are not folded (the norm runs after them), the FPN's plain convs still use it."""
+    torch.manual_seed(0)
+    backbone = set_inference_folding(build_backbone("R18", norm=norm).eval(), True)
+    trunk = backbone.bottom_up.res5[0].conv1  # trainable (FREEZE_AT 2 freezes the stem and res2 only)
+    assert not isinstance(trunk.norm, FrozenBatchNorm2d) and trunk._folded is None
+    with pytest.raises(ValueError, match="norm must be FrozenBatchNorm2d"):
+        trunk.inference_weight_and_bias()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        got = backbone(x)
+    expected = backbone(x)  # autograd on: the plain ops
+    for name, want in expected.items():
+        want = want.detach()  # the frozen stem and res2 fold: float32 rounding only
+        torch.testing.assert_close(got[name], want, rtol=1e-5, atol=1e-5 * float(want.abs().max()), msg=name)
 
 
 def test_fold_frozen_batchnorm_matches_unfolded_r50():

@@ -111,7 +111,14 @@ class Conv2d(nn.Conv2d):
         The folded pair is computed in float64, stored in the weight's dtype (weight channels-last) and
         cached; the cache is recomputed when the weight, the bias or a norm statistic is replaced or
         modified in place (optimizer step, ``load_state_dict``, ``to(dtype)``).
+
+        Raises:
+            ValueError: the norm is not a FrozenBatchNorm2d (a trainable norm cannot be folded).
         """
+        if not self._foldable():
+            raise ValueError(
+                f"norm must be FrozenBatchNorm2d or None to fold, got {type(self.norm).__name__}"
+            )
         if self.norm is None:
             return self.weight, self.bias
         tensors = [
@@ -131,6 +138,25 @@ class Conv2d(nn.Conv2d):
             weight = weight.to(self.weight.dtype).contiguous(memory_format=torch.channels_last)
             self._folded = (key, weight, bias.to(self.weight.dtype))
         return self._folded[1], self._folded[2]
+
+
+def set_inference_folding(module: nn.Module, enabled: bool) -> nn.Module:
+    """Turn the inference fold of every :class:`Conv2d` in ``module`` on (and warm its cache) or off.
+
+    Args:
+        module: a backbone, a detector, or any module holding Conv2d layers.
+        enabled: True folds FrozenBN norms (and fuses post-ops on the CPU) whenever autograd is off;
+            False always runs the unfolded ops, as the published code does.
+
+    Returns:
+        ``module``.
+    """
+    for conv in module.modules():
+        if isinstance(conv, Conv2d):
+            conv.fold_at_inference = enabled
+            if enabled and conv._foldable():
+                conv.inference_weight_and_bias()
+    return module
 
 
 def _identity(t: torch.Tensor) -> tuple:
