@@ -7,6 +7,7 @@ import types
 
 import pytest
 import torch
+from detector_kit import assert_same_detections, random_images, tame_detector
 
 from diffdet.modeling import CudaGraphSampler, ModelConfig, build_detector
 from diffdet.modeling.backbone import FrozenBatchNorm2d
@@ -25,31 +26,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def model(one_thread):
-    torch.manual_seed(0)
-    m = build_detector(ModelConfig(**TINY)).eval()
-    with torch.no_grad():
-        # Renewal keeps about a third of the boxes with this bias (fresh weights keep none).
-        m.head.head_series[-1].class_logits.bias.fill_(-1.0)
-        # Random box deltas compound exponentially over 6 stages and 4 steps, so float rounding
-        # (batched vs single GEMMs) would grow into different boxes; trained heads are tame.
-        for stage in m.head.head_series:
-            stage.bboxes_delta.weight.mul_(0.01)
-    return m
-
-
-def _images(n: int, h: int = 64, w: int = 96) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(5)
-    return [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g) for _ in range(n)]
-
-
-def _same(a: dict, b: dict, atol: float = 1e-4) -> None:
-    assert torch.equal(a["labels"], b["labels"]), "labels"
-    torch.testing.assert_close(a["scores"], b["scores"], atol=atol, rtol=0, msg="scores")
-    torch.testing.assert_close(a["boxes"], b["boxes"], atol=atol * 100, rtol=0, msg="boxes")
+    return tame_detector(ModelConfig(**TINY))
 
 
 def test_eval_returns_torchvision_style_detections(model):
-    images = [_images(1, 50, 70)[0], _images(1, 64, 96)[0].float() / 255]
+    images = [random_images(1, 50, 70)[0], random_images(1, 64, 96)[0].float() / 255]
     out = model(images, steps=2, seed=0)
     assert len(out) == 2
     for det, image in zip(out, images, strict=True):
@@ -72,9 +53,9 @@ def test_eval_returns_torchvision_style_detections(model):
 
 
 def test_seed_makes_inference_deterministic(model):
-    a = model(_images(1), steps=2, seed=11)[0]
-    b = model(_images(1), steps=2, seed=11)[0]
-    _same(a, b, atol=0)
+    a = model(random_images(1), steps=2, seed=11)[0]
+    b = model(random_images(1), steps=2, seed=11)[0]
+    assert_same_detections(a, b, atol=0)
 
 
 def test_train_mode_returns_18_weighted_losses_and_backpropagates():
@@ -87,7 +68,7 @@ def test_train_mode_returns_18_weighted_losses_and_backpropagates():
         },
         {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},
     ]
-    losses = m(_images(2), targets)
+    losses = m(random_images(2), targets)
     names = {f"loss_{k}{s}" for k in ("ce", "bbox", "giou") for s in ["", *(f"_{i}" for i in range(5))]}
     assert set(losses) == names
     assert all(v.dim() == 0 and torch.isfinite(v) for v in losses.values())
@@ -96,9 +77,9 @@ def test_train_mode_returns_18_weighted_losses_and_backpropagates():
     assert m.head.time_mlp[1].weight.grad is not None
     assert m.backbone.bottom_up.stem.conv1.weight.grad is None  # frozen (freeze_at = 2)
     with pytest.raises(ValueError, match="targets"):
-        m(_images(1))
+        m(random_images(1))
     with pytest.raises(ValueError, match="labels"):
-        m(_images(1), [{"boxes": torch.zeros(1, 4), "labels": torch.tensor([7])}])
+        m(random_images(1), [{"boxes": torch.zeros(1, 4), "labels": torch.tensor([7])}])
 
 
 def test_train_step_runs_under_bf16_autocast():
@@ -106,7 +87,7 @@ def test_train_step_runs_under_bf16_autocast():
     m = build_detector(ModelConfig(**TINY)).train()
     targets = [{"boxes": torch.tensor([[10.0, 12.0, 40.0, 50.0]]), "labels": torch.tensor([2])}]
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        losses = m(_images(1), targets)
+        losses = m(random_images(1), targets)
     sum(losses.values()).backward()
     assert all(torch.isfinite(v) for v in losses.values())
     assert m.head.head_series[0].inst_interact.norm1.weight.grad.dtype == torch.float32
@@ -128,44 +109,44 @@ def test_reference_r50_layout_and_size():
 
 
 def test_batch_with_steps_gives_each_image_its_own_result(model):
-    images = _images(4)
+    images = random_images(4)
     gens = [torch.Generator().manual_seed(100 + i) for i in range(4)]
     batch = model(images, steps=4, generator=gens)
     for i, image in enumerate(images):
         alone = model([image], steps=4, generator=[torch.Generator().manual_seed(100 + i)])[0]
-        _same(batch[i], alone)
+        assert_same_detections(batch[i], alone)
 
 
 def test_reference_ensemble_runs_batches_image_by_image(model):
-    images = _images(2)
+    images = random_images(2)
     batch, inter = model(
         images, steps=2, ensemble="reference", generator=[torch.Generator().manual_seed(i) for i in range(2)],
         return_intermediates=True,
     )  # fmt: skip
     for i, image in enumerate(images):
         alone = model([image], steps=2, ensemble="reference", generator=torch.Generator().manual_seed(i))[0]
-        _same(batch[i], alone)
+        assert_same_detections(batch[i], alone)
     assert [(r["time"], r["time_next"]) for r in inter] == [(999, 499), (499, -1)]
     assert inter[0]["pred_logits"].shape == (6, 2, 20, 5) and inter[0]["num_kept"].shape == (2,)
 
 
 def test_reference_and_all_agree_at_one_step_with_the_same_start(model):
     init = torch.randn(2, 20, 4, generator=torch.Generator().manual_seed(3))
-    a = model(_images(2), steps=1, init_boxes=init, ensemble="all")
-    b = model(_images(2), steps=1, init_boxes=init, ensemble="reference")
+    a = model(random_images(2), steps=1, init_boxes=init, ensemble="all")
+    b = model(random_images(2), steps=1, init_boxes=init, ensemble="reference")
     for x, y in zip(a, b, strict=True):
-        _same(x, y, atol=0)
+        assert_same_detections(x, y, atol=0)
 
 
 def test_reference_ensemble_follows_the_global_seed(model):
     torch.manual_seed(9)
-    a = model(_images(1), steps=3, ensemble="reference")[0]
-    b = model(_images(1), steps=3, ensemble="reference", seed=9)[0]
-    _same(a, b, atol=0)
+    a = model(random_images(1), steps=3, ensemble="reference")[0]
+    b = model(random_images(1), steps=3, ensemble="reference", seed=9)[0]
+    assert_same_detections(a, b, atol=0)
 
 
 def test_intermediates_hold_every_step_and_stage(model):
-    out, inter = model(_images(2), steps=3, seed=0, return_intermediates=True)
+    out, inter = model(random_images(2), steps=3, seed=0, return_intermediates=True)
     assert len(out) == 2 and [r["time"] for r in inter] == [999, 665, 332]
     for r in inter:
         assert r["pred_logits"].shape == (6, 2, 20, 5) and r["pred_boxes"].shape == (6, 2, 20, 4)
@@ -174,11 +155,11 @@ def test_intermediates_hold_every_step_and_stage(model):
 
 
 def test_fast_and_reference_op_backends_give_the_same_detections(model, monkeypatch):
-    fast = model(_images(2), steps=2, seed=4)
+    fast = model(random_images(2), steps=2, seed=4)
     monkeypatch.setenv("DIFFDET_BACKEND", "reference")
-    ref = model(_images(2), steps=2, seed=4)
+    ref = model(random_images(2), steps=2, seed=4)
     for a, b in zip(fast, ref, strict=True):
-        _same(a, b)
+        assert_same_detections(a, b)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -187,8 +168,8 @@ def test_low_precision_matches_fp32_on_high_score_detections(model, dtype):
     assert all(getattr(low, n).dtype == torch.float64 for n in SCHEDULE_BUFFERS)
     assert low.pixel_mean.dtype == torch.float32
     init = torch.randn(1, 20, 4, generator=torch.Generator().manual_seed(0))
-    ref = model(_images(1), steps=1, init_boxes=init)[0]
-    got = low(_images(1), steps=1, init_boxes=init)[0]
+    ref = model(random_images(1), steps=1, init_boxes=init)[0]
+    got = low(random_images(1), steps=1, init_boxes=init)[0]
     assert got["boxes"].dtype == torch.float32
     top = ref["scores"] >= ref["scores"][min(4, len(ref["scores"]) - 1)]
     for box, label in zip(ref["boxes"][top], ref["labels"][top], strict=True):
@@ -231,7 +212,7 @@ def test_bf16_model_pools_bf16_maps_and_keeps_boxes_sampler_and_nms_in_fp32(mode
 
     monkeypatch.setattr(head_module, "roi_align_multilevel", pool_spy)
     monkeypatch.setattr(sampler_module, "batched_nms", nms_spy)
-    dets, steps = low(_images(1), steps=2, seed=0, return_intermediates=True)
+    dets, steps = low(random_images(1), steps=2, seed=0, return_intermediates=True)
     assert seen["maps"] == {(torch.bfloat16, True)}
     assert seen["nms"] == (torch.float32, torch.float32)
     for step in steps:
@@ -247,14 +228,14 @@ def test_inference_fusion_gives_the_same_detections_as_the_published_ops(model):
     NCHW backbone the published code runs: same maps within float32 rounding, same detections."""
     fused = _with_frozen_bn_statistics(model)
     plain = copy.deepcopy(fused).fuse_for_inference(False)
-    images = _images(2)
+    images = random_images(2)
     batch = fused.preprocess(images, resize=True)
     got, want = fused.features(batch.tensor), plain.features(batch.tensor)
     for level, (a, b) in enumerate(zip(got, want, strict=True)):
         assert a.is_contiguous(memory_format=torch.channels_last) and b.is_contiguous(), f"p{level + 2}"
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()), msg=f"p{level + 2}")
     for a, b in zip(fused(images, steps=2, seed=1), plain(images, steps=2, seed=1), strict=True):
-        _same(a, b)
+        assert_same_detections(a, b)
 
 
 def test_training_runs_the_unfolded_reference_ops(model):
@@ -293,7 +274,7 @@ def test_fused_model_state_dict_keeps_the_reference_layout_and_round_trips(model
     """A model ready to detect (fusions warm) saves the reference layout, and its state_dict loads
     strictly into a fresh unfused model, tensor for tensor, with the same detections."""
     fused = _with_frozen_bn_statistics(model).fuse_for_inference()
-    fused(_images(1), steps=1, seed=0)
+    fused(random_images(1), steps=1, seed=0)
     state = fused.state_dict()
     fresh = build_detector(ModelConfig(**TINY))
     assert list(state) == list(fresh.state_dict())
@@ -303,7 +284,9 @@ def test_fused_model_state_dict_keeps_the_reference_layout_and_round_trips(model
     for name, tensor in fresh.state_dict().items():
         assert torch.equal(tensor, state[name]), name
     fresh.eval().fuse_for_inference(False)
-    _same(fused(_images(1), steps=2, seed=3)[0], fresh(_images(1), steps=2, seed=3)[0])
+    assert_same_detections(
+        fused(random_images(1), steps=2, seed=3)[0], fresh(random_images(1), steps=2, seed=3)[0]
+    )
 
 
 def test_state_dict_round_trip_and_float64_buffers(model):
@@ -316,7 +299,7 @@ def test_state_dict_round_trip_and_float64_buffers(model):
 
 
 def test_resize_maps_boxes_back_to_the_original_image(model):
-    image = _images(1, 30, 45)[0]
+    image = random_images(1, 30, 45)[0]
     out = model([image], steps=1, seed=0)[0]
     assert float(out["boxes"][:, 0::2].max()) <= 45 and float(out["boxes"][:, 1::2].max()) <= 30
     unresized = model([image], steps=1, seed=0, resize=False)[0]
@@ -349,12 +332,12 @@ def test_bad_knobs_raise_clear_errors(model):
         ({"init_boxes": torch.zeros(1, 3, 4)}, "init_boxes"),
     ]:
         with pytest.raises(ValueError, match=match):
-            model(_images(1), **kwargs)
+            model(random_images(1), **kwargs)
 
 
 def test_degenerate_inputs_return_empty_or_valid_results(model):
     assert model([]) == []
-    empty = model(_images(2), num_boxes=0)
+    empty = model(random_images(2), num_boxes=0)
     assert len(empty) == 2 and all(d["boxes"].shape == (0, 4) for d in empty)
     tiny = model([torch.full((3, 1, 1), 128, dtype=torch.uint8)], steps=2, seed=0)[0]
     assert tiny["boxes"].shape[1] == 4 and float(tiny["boxes"].amax()) <= 1.0
@@ -366,15 +349,15 @@ def test_cuda_graph_sampler_needs_cuda_and_runs_the_eager_computation(model):
     with pytest.raises(ValueError, match="CUDA"):
         CudaGraphSampler(model, batch_size=1, padded_size=(64, 96))
     # The function the graph captures, run eagerly, is what detect(ensemble="all") computes.
-    batch = model.preprocess(_images(2), resize=True)
+    batch = model.preprocess(random_images(2), resize=True)
     noise = draw_noise(3, 2, 20, torch.device("cpu"), torch.Generator().manual_seed(2))
     captured = types.SimpleNamespace(model=model, steps=2, renewal_threshold=0.5)
     with torch.no_grad():
         candidates = CudaGraphSampler.run(captured, batch.tensor, batch.image_whwh, noise)
     got = model.finalize(candidates, batch, nms_iou=0.5, max_detections=None)
-    expect = model(_images(2), steps=2, generator=torch.Generator().manual_seed(2))
+    expect = model(random_images(2), steps=2, generator=torch.Generator().manual_seed(2))
     for a, b in zip(got, expect, strict=True):
-        _same(a, b, atol=0)
+        assert_same_detections(a, b, atol=0)
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -385,11 +368,11 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 def test_cuda_graph_replay_equals_eager_detection(model):
     m = copy.deepcopy(model).cuda().fuse_for_inference()
     graph = CudaGraphSampler(m, batch_size=2, padded_size=(64, 96), num_boxes=20, steps=2)
-    images = [im.cuda() for im in _images(2)]
+    images = [im.cuda() for im in random_images(2)]
     got = graph(images, generator=torch.Generator(device="cuda").manual_seed(0))
     expect = m(images, steps=2, generator=torch.Generator(device="cuda").manual_seed(0))
     for a, b in zip(got, expect, strict=True):
-        _same(a, b, atol=1e-5)
+        assert_same_detections(a, b, atol=1e-5)
 
 
 @pytest.mark.gpu
@@ -398,21 +381,21 @@ def test_cuda_graph_sampler_on_a_device_that_is_not_current(model):
     """A model on cuda:1 with cuda:0 current: capture and replay happen on cuda:1 (its stream, its
     Triton launches), and the result equals eager detection there."""
     m = copy.deepcopy(model).to("cuda:1").fuse_for_inference()
-    images = [im.to("cuda:1") for im in _images(2)]
+    images = [im.to("cuda:1") for im in random_images(2)]
     with torch.cuda.device(0):
         graph = CudaGraphSampler(m, batch_size=2, padded_size=(64, 96), num_boxes=20, steps=2)
         got = graph(images, generator=torch.Generator(device="cuda:1").manual_seed(0))
     expect = m(images, steps=2, generator=torch.Generator(device="cuda:1").manual_seed(0))
     for a, b in zip(got, expect, strict=True):
         assert a["boxes"].device == torch.device("cuda:1")
-        _same(a, b, atol=1e-5)
+        assert_same_detections(a, b, atol=1e-5)
 
 
 @pytest.mark.gpu
 @cuda
 def test_sampling_loop_has_no_host_sync_on_cuda(model):
     m = copy.deepcopy(model).cuda()
-    batch = m.preprocess([im.cuda() for im in _images(2)], resize=True)
+    batch = m.preprocess([im.cuda() for im in random_images(2)], resize=True)
     noise = draw_noise(7, 2, 20, torch.device("cuda"), None)
 
     def sample():

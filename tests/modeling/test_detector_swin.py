@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from detector_kit import assert_same_detections, random_images, tame_detector
 
 from diffdet.checkpoint import save_checkpoint
 from diffdet.cli import main
@@ -27,24 +28,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def model(one_thread):
-    torch.manual_seed(0)
-    m = build_detector(ModelConfig(**TINY_SWIN)).eval()
-    with torch.no_grad():
-        m.head.head_series[-1].class_logits.bias.fill_(-1.0)  # renewal keeps some boxes
-        for stage in m.head.head_series:
-            stage.bboxes_delta.weight.mul_(0.01)
-    return m
-
-
-def _images(n: int, h: int = 64, w: int = 96) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(5)
-    return [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g) for _ in range(n)]
-
-
-def _same(a: dict, b: dict, atol: float = 1e-4) -> None:
-    assert torch.equal(a["labels"], b["labels"]), "labels"
-    torch.testing.assert_close(a["scores"], b["scores"], atol=atol, rtol=0, msg="scores")
-    torch.testing.assert_close(a["boxes"], b["boxes"], atol=atol * 100, rtol=0, msg="boxes")
+    return tame_detector(ModelConfig(**TINY_SWIN))
 
 
 def test_swin_detector_is_built_from_the_config(model):
@@ -54,7 +38,7 @@ def test_swin_detector_is_built_from_the_config(model):
 
 
 def test_batches_with_any_boxes_and_steps_give_each_image_its_own_result(model):
-    images = [*_images(2, 64, 96), _images(1, 50, 70)[0]]  # one image padded differently
+    images = [*random_images(2, 64, 96), random_images(1, 50, 70)[0]]  # one image padded differently
     for num_boxes, steps in ((7, 1), (20, 3)):
         gens = [torch.Generator().manual_seed(i) for i in range(3)]
         batch = model(images, num_boxes=num_boxes, steps=steps, generator=gens)
@@ -62,13 +46,13 @@ def test_batches_with_any_boxes_and_steps_give_each_image_its_own_result(model):
             alone = model(
                 [image], num_boxes=num_boxes, steps=steps, generator=torch.Generator().manual_seed(i)
             )
-            _same(batch[i], alone[0])
+            assert_same_detections(batch[i], alone[0])
         assert any(len(d["scores"]) for d in batch)
 
 
 def test_bfloat16_matches_fp32_on_high_score_detections(model):
     low = copy.deepcopy(model).to(torch.bfloat16)
-    image = _images(1)
+    image = random_images(1)
     expect = model(image, steps=1, seed=0)[0]
     got = low(image, steps=1, seed=0)[0]
     assert got["boxes"].dtype == torch.float32 and len(got["scores"]) > 0
@@ -82,7 +66,9 @@ def test_fuse_for_inference_is_a_no_op(model):
     assert fused.fuse_for_inference() is fused
     after = fused.state_dict()
     assert list(after) == list(before) and all(torch.equal(after[k], v) for k, v in before.items())
-    _same(fused(_images(1), steps=2, seed=3)[0], model(_images(1), steps=2, seed=3)[0], atol=0)
+    assert_same_detections(
+        fused(random_images(1), steps=2, seed=3)[0], model(random_images(1), steps=2, seed=3)[0], atol=0
+    )
 
 
 def test_train_mode_losses_reach_the_swin_trunk():
@@ -95,7 +81,7 @@ def test_train_mode_losses_reach_the_swin_trunk():
             "labels": torch.tensor([0, 4]),
         },
     ]
-    losses = m(_images(2), targets)
+    losses = m(random_images(2), targets)
     sum(losses.values()).backward()
     trunk = m.backbone.bottom_up
     assert all(p.grad is not None for p in trunk.parameters())
@@ -107,7 +93,7 @@ def test_train_step_runs_under_bf16_autocast():
     m = build_detector(ModelConfig(**TINY_SWIN)).train()
     targets = [{"boxes": torch.tensor([[4.0, 6.0, 40.0, 50.0]]), "labels": torch.tensor([2])}]
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        losses = m(_images(1), targets)
+        losses = m(random_images(1), targets)
     total = sum(losses.values())
     assert torch.isfinite(total)
     total.backward()
@@ -163,11 +149,11 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 def test_cuda_graph_replay_equals_eager_detection_with_swin(model):
     m = copy.deepcopy(model).cuda().fuse_for_inference()
     graph = CudaGraphSampler(m, batch_size=2, padded_size=(64, 96), num_boxes=20, steps=2)
-    images = [im.cuda() for im in _images(2)]
+    images = [im.cuda() for im in random_images(2)]
     got = graph(images, generator=torch.Generator(device="cuda").manual_seed(0))
     expect = m(images, steps=2, generator=torch.Generator(device="cuda").manual_seed(0))
     for a, b in zip(got, expect, strict=True):
-        _same(a, b, atol=1e-5)
+        assert_same_detections(a, b, atol=1e-5)
 
 
 @pytest.mark.gpu

@@ -1,0 +1,38 @@
+"""Shared pieces of the detector tests: a tame random detector, random images, a detection compare."""
+
+from __future__ import annotations
+
+import torch
+
+from diffdet.modeling import ModelConfig, build_detector
+from diffdet.modeling.detector import DiffusionDet
+
+
+def tame_detector(cfg: ModelConfig) -> DiffusionDet:
+    """A seeded random detector in eval mode whose detections are stable enough to compare.
+
+    Renewal keeps about a third of the boxes with the last stage's class bias at -1 (fresh weights keep
+    none). Random box deltas compound exponentially over the stages and steps, so float rounding (batched
+    vs single GEMMs) would grow into different boxes; scaling them by 0.01 makes the head as tame as a
+    trained one.
+    """
+    torch.manual_seed(0)
+    model = build_detector(cfg).eval()
+    with torch.no_grad():
+        model.head.head_series[-1].class_logits.bias.fill_(-1.0)
+        for stage in model.head.head_series:
+            stage.bboxes_delta.weight.mul_(0.01)
+    return model
+
+
+def random_images(n: int, h: int = 64, w: int = 96) -> list[torch.Tensor]:
+    """``n`` seeded uint8 RGB images [3, h, w] (the same ones on every call)."""
+    g = torch.Generator().manual_seed(5)
+    return [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g) for _ in range(n)]
+
+
+def assert_same_detections(a: dict, b: dict, atol: float = 1e-4) -> None:
+    """Equal labels; scores within ``atol`` and boxes within ``100 * atol`` pixels."""
+    assert torch.equal(a["labels"], b["labels"]), "labels"
+    torch.testing.assert_close(a["scores"], b["scores"], atol=atol, rtol=0, msg="scores")
+    torch.testing.assert_close(a["boxes"], b["boxes"], atol=atol * 100, rtol=0, msg="boxes")
