@@ -30,13 +30,7 @@ def machine_name() -> str:
     """The GPU's name when CUDA is available, else the CPU model with the threads torch uses."""
     if torch.cuda.is_available():
         return device_name(torch.device("cuda"))
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:
-        pass
-    return f"{model or device_name(torch.device('cpu'))} ({torch.get_num_threads()} threads)"
+    return device_name(torch.device("cpu")).removeprefix("CPU ")
 
 
 def _slug(text: str) -> str:
