@@ -124,6 +124,7 @@ def test_a_missing_image_is_named_or_skipped(crowd):
 
 
 def test_the_dataset_kind_follows_the_suffix_or_the_config(crowd, tmp_path):
+    pytest.importorskip("pycocotools", reason="pycocotools is not installed (COCO reading)")
     odgt, images = crowd
     assert isinstance(detection_dataset(images, odgt), CrowdHumanDetection)
     renamed = tmp_path / "val.txt"

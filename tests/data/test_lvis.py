@@ -11,6 +11,8 @@ from PIL import Image
 from diffdet.data.coco import BadAnnotationError, CocoDetection
 from diffdet.metadata.lvis import lvis_v1_categories
 
+pytest.importorskip("pycocotools", reason="pycocotools is not installed (LVIS files are read through it)")
+
 
 def lvis_file(tmp_path, **image_extra) -> tuple:
     """A 2-image LVIS v1 file (all 1203 categories) with images under ``root/val2017``."""

@@ -53,6 +53,7 @@ def _lvis_file(tmp_path):
 
 
 def test_repeat_factors_of_a_hand_made_lvis_file(tmp_path):
+    pytest.importorskip("pycocotools", reason="pycocotools is not installed (COCO reading)")
     dataset = CocoDetection(tmp_path, _lvis_file(tmp_path))
     t = 0.5
     # f(1) = 3/5, f(2) = 1/5, f(3) = 2/5 (the image with two "3"s counts once).

@@ -115,6 +115,7 @@ def test_lvis_r50_trains_with_the_files_fed_loss_weights_and_evaluates_lvis(lvis
 
 @needs_coco128
 def test_repeat_factor_training_resumes_exactly_after_a_kill(lvis_data, tmp_path):
+    pytest.importorskip("pycocotools", reason="pycocotools is not installed (COCO reading)")
     steps = ["solver.max_iter=6", "train.checkpoint_period=2", "data.repeat_threshold=0.5"]  # 0.5: repeats
     train.main(lvis_overrides(lvis_data, tmp_path / "straight", *steps))
     killed_dir = tmp_path / "killed"
@@ -146,6 +147,7 @@ def test_diffdet_eval_recognises_an_lvis_file(lvis_data, tmp_path):
 
 
 def test_a_bad_lvis_file_stops_training_with_one_line(tmp_path, capsys):
+    pytest.importorskip("pycocotools", reason="pycocotools is not installed (COCO reading)")
     image = {"id": 1, "height": 8, "width": 8, "coco_url": "x/val2017/1.jpg", "neg_category_ids": []}
     path = tmp_path / "lvis_bad.json"
     path.write_text(
