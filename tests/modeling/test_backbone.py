@@ -192,3 +192,22 @@ def test_builders_reject_bad_arguments():
         build_backbone("R18", fpn_norm="SyncBN")
     with pytest.raises(ValueError, match="GN"):
         get_norm("GN", 48)
+
+
+def test_convolution_falls_back_to_the_unfused_ops_when_onednn_refuses(monkeypatch):
+    """torch 2.11's oneDNN refuses some shapes for the fused conv + add + ReLU (a 1x1 map); the
+    convolution then runs the unfused ops and gives their result instead of failing."""
+    from diffdet.modeling.backbone import conv as conv_module
+
+    torch.manual_seed(0)
+    layer = conv_module.Conv2d(8, 8, 3, padding=1, bias=False, norm=FrozenBatchNorm2d(8)).eval()
+    x, residual = torch.randn(1, 8, 1, 1), torch.randn(1, 8, 1, 1)
+    with torch.no_grad():
+        expected = layer(x, residual=residual.clone(), relu=True)
+
+        def refuse(*args, **kwargs):
+            raise RuntimeError("could not create a memory")
+
+        monkeypatch.setattr(conv_module, "_onednn_conv", refuse)
+        got = layer(x, residual=residual.clone(), relu=True)
+    torch.testing.assert_close(got, expected)

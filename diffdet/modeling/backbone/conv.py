@@ -89,9 +89,14 @@ class Conv2d(nn.Conv2d):
                 and not isinstance(self.padding, str)
                 and _onednn_fusable(x, weight, residual)
             ):
-                return _onednn_conv(
-                    x, weight, bias, residual, relu, self.padding, self.stride, self.dilation, self.groups
-                )
+                try:
+                    return _onednn_conv(
+                        x, weight, bias, residual, relu, self.padding, self.stride, self.dilation, self.groups
+                    )
+                except RuntimeError:
+                    # The private op is not stable across torch releases: torch 2.11's oneDNN refuses
+                    # some shapes (a 1x1 map: "could not create a memory"). The unfused ops follow.
+                    pass
             x = self._conv_forward(x, weight, bias)
         else:
             x = self._conv_forward(x, self.weight, self.bias)
