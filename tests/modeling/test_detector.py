@@ -7,7 +7,12 @@ import types
 
 import pytest
 import torch
-from detector_kit import assert_same_detections, random_images, tame_detector
+from detector_kit import (
+    assert_cuda_graph_replay_equals_eager,
+    assert_same_detections,
+    random_images,
+    tame_detector,
+)
 
 from diffdet.modeling import CudaGraphSampler, ModelConfig, build_detector
 from diffdet.modeling.backbone import FrozenBatchNorm2d
@@ -366,13 +371,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 @pytest.mark.gpu
 @cuda
 def test_cuda_graph_replay_equals_eager_detection(model):
-    m = copy.deepcopy(model).cuda().fuse_for_inference()
-    graph = CudaGraphSampler(m, batch_size=2, padded_size=(64, 96), num_boxes=20, steps=2)
-    images = [im.cuda() for im in random_images(2)]
-    got = graph(images, generator=torch.Generator(device="cuda").manual_seed(0))
-    expect = m(images, steps=2, generator=torch.Generator(device="cuda").manual_seed(0))
-    for a, b in zip(got, expect, strict=True):
-        assert_same_detections(a, b, atol=1e-5)
+    assert_cuda_graph_replay_equals_eager(model)
 
 
 @pytest.mark.gpu
