@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from diffdet.detect import USAGE_ERROR, InputError, _Progress, load_detector, pick_device
+from diffdet.detect import USAGE_ERROR, InputError, ModelWrapper, _Progress, load_detector, pick_device
 
 if TYPE_CHECKING:
     import torch
@@ -53,27 +53,12 @@ def crowdhuman_dataset(
         raise InputError(str(err)) from err
 
 
-class OneClass:
-    """A detector whose outputs keep only the detections of one class, relabelled 0.
-
-    It offers what :func:`diffdet.evaluate.evaluate` uses of a model: ``training``, ``eval``,
-    ``train`` and the call.
-    """
+class OneClass(ModelWrapper):
+    """A detector whose outputs keep only the detections of one class, relabelled 0."""
 
     def __init__(self, model: nn.Module, label: int) -> None:
-        self.model, self.label = model, label
-
-    @property
-    def training(self) -> bool:
-        return self.model.training
-
-    def eval(self) -> OneClass:
-        self.model.eval()
-        return self
-
-    def train(self, mode: bool = True) -> OneClass:
-        self.model.train(mode)
-        return self
+        super().__init__(model)
+        self.label = label
 
     def __call__(self, images: list[torch.Tensor], **kwargs: object) -> list[dict[str, torch.Tensor]]:
         outputs = []

@@ -146,27 +146,33 @@ def run_detect(
     return path
 
 
-class _Progress:
-    """A detector whose every call advances a progress bar by its number of images.
+class ModelWrapper:
+    """A stand-in for a detector: it offers what :func:`diffdet.evaluate.evaluate` uses of a model
+    (``training``, ``eval``, ``train`` and the call) and passes mode changes to the wrapped model.
+    Subclasses define the call."""
 
-    It offers what :func:`diffdet.evaluate.evaluate` uses of a model: ``training``, ``eval``, ``train``
-    and the call; mode changes go to the wrapped model.
-    """
-
-    def __init__(self, model: nn.Module, bar) -> None:
-        self.model, self.bar = model, bar
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
 
     @property
     def training(self) -> bool:
         return self.model.training
 
-    def eval(self) -> _Progress:
+    def eval(self) -> ModelWrapper:
         self.model.eval()
         return self
 
-    def train(self, mode: bool = True) -> _Progress:
+    def train(self, mode: bool = True) -> ModelWrapper:
         self.model.train(mode)
         return self
+
+
+class _Progress(ModelWrapper):
+    """A detector whose every call advances a progress bar by its number of images."""
+
+    def __init__(self, model: nn.Module, bar) -> None:
+        super().__init__(model)
+        self.bar = bar
 
     def __call__(self, images: list[torch.Tensor], **kwargs: object) -> list[dict[str, torch.Tensor]]:
         out = self.model(images, **kwargs)

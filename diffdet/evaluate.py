@@ -128,7 +128,7 @@ def evaluate(
         Path(results_path).write_text(json.dumps(results))
     if isinstance(dataset, CrowdHumanDetection):  # the CrowdHuman benchmark's metrics instead of COCO AP
         return crowdhuman_eval.score_results(dataset, results, image_ids)
-    if getattr(dataset, "is_lvis", False):
+    if dataset.is_lvis:
         from diffdet.evaluate_lvis import lvis_box_ap
 
         return lvis_box_ap(dataset.coco.dataset, results, image_ids)
