@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffdet.benchmark.timing import Clock, percentile, time_calls
+from diffdet.bench.timing import Clock, percentile, time_calls
 from diffdet.modeling.backbone import build_backbone, fold_frozen_batchnorm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "modeling"))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffdet.benchmark.timing import Clock, percentile, time_calls
+from diffdet.bench.timing import Clock, percentile, time_calls
 from diffdet.ops import batched_nms, batched_nms_reference
 
 torchvision = pytest.importorskip("torchvision")

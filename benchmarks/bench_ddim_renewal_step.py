@@ -21,8 +21,8 @@ import math
 import pytest
 import torch
 
-from diffdet.benchmark.report import device_name, git_commit
-from diffdet.benchmark.timing import Clock, percentile, time_calls
+from diffdet.bench.report import device_name, git_commit
+from diffdet.bench.timing import Clock, percentile, time_calls
 from diffdet.ops import ddim_renewal_step, ddim_renewal_step_reference
 from diffdet.ops.ddim_renewal_step import _ddim_renewal_step_torch
 

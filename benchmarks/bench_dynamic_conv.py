@@ -23,8 +23,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffdet.benchmark.report import device_name, git_commit
-from diffdet.benchmark.timing import Clock, percentile, time_calls
+from diffdet.bench.report import device_name, git_commit
+from diffdet.bench.timing import Clock, percentile, time_calls
 from diffdet.ops import dynamic_conv, dynamic_conv_reference
 
 C, D, S = 256, 64, 7

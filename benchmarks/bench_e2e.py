@@ -3,12 +3,12 @@
 Providers: ``reference`` (``DIFFDET_BACKEND=reference``: the plain-PyTorch ops), ``published``
 (``DIFFDET_BACKEND=published``: the ops the published code runs, torchvision's pooling loop and NMS)
 on a copy of the model whose backbone runs as the published code's does (NCHW, FrozenBN unfolded:
-:func:`~diffdet.benchmark.pipeline.published_copy`), and ``diffdet`` (the fast ops on the fp32 copy with
+:func:`~diffdet.bench.pipeline.published_copy`), and ``diffdet`` (the fast ops on the fp32 copy with
 the inference fusions on: FrozenBN folded, channels-last backbone, oneDNN post-ops), as ``diffdet
 bench`` compares them.
 Settings: 1 step at 300 boxes and 4 steps at 500 boxes, batch 1, random R50 weights (speed does not
 depend on the weights), uniform noise images. Each call is
-:func:`diffdet.benchmark.pipeline.staged_detect`, whose per-component milliseconds (backbone+fpn,
+:func:`diffdet.bench.pipeline.staged_detect`, whose per-component milliseconds (backbone+fpn,
 head steps, sampler, NMS) land in the benchmark's ``extra_info``.
 
 Input size: 800x1333 on CUDA; 320x544 on the CPU, where R50 at full size takes seconds per call.
@@ -25,10 +25,10 @@ import os
 import pytest
 import torch
 
-from diffdet.benchmark.grid import synthetic_images
-from diffdet.benchmark.pipeline import folded_copy, op_backend, published_copy, staged_detect
-from diffdet.benchmark.report import device_name
-from diffdet.benchmark.timing import Clock
+from diffdet.bench.grid import synthetic_images
+from diffdet.bench.pipeline import folded_copy, op_backend, published_copy, staged_detect
+from diffdet.bench.report import device_name
+from diffdet.bench.timing import Clock
 from diffdet.modeling.build import build_detector
 from diffdet.modeling.config import ModelConfig
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffdet.benchmark.timing import Clock, percentile, time_calls
+from diffdet.bench.timing import Clock, percentile, time_calls
 from diffdet.modeling.head import DynamicHead
 
 pytest.importorskip("torchvision")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffdet.benchmark.timing import Clock, percentile
+from diffdet.bench.timing import Clock, percentile
 from diffdet.ops import roi_align_multilevel, roi_align_multilevel_reference
 
 torchvision = pytest.importorskip("torchvision")

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffdet.benchmark.report import device_name, git_commit
+from diffdet.bench.report import device_name, git_commit
 
 RESULTS = Path(os.environ.get("DIFFDET_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 _ROWS: dict[str, list[dict]] = defaultdict(list)

@@ -93,7 +93,7 @@ def run(cfg: Config, resume: bool = False, weights: str | None = None) -> dict[s
         torch.use_deterministic_algorithms(True)
     train_set, val_set = build_datasets(cfg)
     if val_set is not None and val_set.is_lvis:
-        from diffdet.evaluate_lvis import require_lvis
+        from diffdet.evaluation.lvis import require_lvis
 
         require_lvis()  # now, not after training
     cfg = with_dataset_classes(cfg, train_set)

@@ -17,11 +17,11 @@ import pytest
 import torch
 from PIL import Image
 
-from diffdet.benchmark.grid import published_comparison, run_grid, synthetic_images
-from diffdet.benchmark.pipeline import check_modes, folded_copy, op_backend, published_copy, staged_detect
-from diffdet.benchmark.plot import Series, VLine, line_chart, nice_ticks
-from diffdet.benchmark.settings import GridSettings
-from diffdet.benchmark.timing import Clock, percentile, summarize, time_calls
+from diffdet.bench.grid import published_comparison, run_grid, synthetic_images
+from diffdet.bench.pipeline import check_modes, folded_copy, op_backend, published_copy, staged_detect
+from diffdet.bench.plot import Series, VLine, line_chart, nice_ticks
+from diffdet.bench.settings import GridSettings
+from diffdet.bench.timing import Clock, percentile, summarize, time_calls
 from diffdet.cli import main
 from diffdet.modeling.build import build_detector
 from diffdet.modeling.config import ModelConfig
@@ -104,7 +104,7 @@ def test_folded_copy_is_fused_and_cast_and_published_copy_is_not(model):
     ],
 )
 def test_cpu_isa_names_the_widest_matrix_isa(monkeypatch, flags, isa):
-    from diffdet.benchmark import report
+    from diffdet.bench import report
 
     monkeypatch.setattr(report, "_cpuinfo_field", lambda name: flags if name == "flags" else None)
     assert report.cpu_isa() == isa
@@ -140,7 +140,7 @@ def test_grid_records_every_point_beside_the_baselines(model):
 
 
 def test_runs_are_timed_in_turn_after_their_warmup():
-    from diffdet.benchmark.grid import _measure
+    from diffdet.bench.grid import _measure
 
     log = []
 
@@ -199,7 +199,7 @@ def test_bench_command_writes_table_json_and_plot(tmp_path):
 def test_bench_on_cpu_puts_fp32_and_bf16_beside_the_baseline_at_every_batch(tmp_path):
     """The CPU default modes (fp32, bf16), a batch list, the ISA in the title and the JSON, and bf16's
     match against fp32 (IoU 0.9, same label) in its record and the table."""
-    from diffdet.benchmark.report import cpu_isa
+    from diffdet.bench.report import cpu_isa
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -266,7 +266,7 @@ def test_bench_with_data_measures_ap_and_draws_the_speed_accuracy_plot(tmp_path)
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 def test_git_commit_names_the_checkout_and_marks_uncommitted_source_changes(tmp_path):
     """A rewritten results file leaves the commit clean; an edited source file makes it -dirty."""
-    from diffdet.benchmark.report import git_commit
+    from diffdet.bench.report import git_commit
 
     def git(*args):
         subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)

@@ -10,10 +10,10 @@ import torch
 from test_cli_detect_eval import TINY, run_cli
 
 from diffdet.checkpoint import save_checkpoint
-from diffdet.crowdhuman_cli import OneClass
-from diffdet.crowdhuman_eval import ImageBoxes, crowdhuman_metrics
 from diffdet.data.crowdhuman import CrowdHumanDetection
-from diffdet.evaluate import evaluate
+from diffdet.evaluation.crowdhuman import ImageBoxes, crowdhuman_metrics
+from diffdet.evaluation.crowdhuman_run import OneClass
+from diffdet.evaluation.evaluator import evaluate
 from diffdet.modeling.build import build_detector
 from diffdet.modeling.config import ModelConfig
 

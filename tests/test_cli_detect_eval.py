@@ -15,7 +15,7 @@ from PIL import Image
 
 from diffdet.checkpoint import save_checkpoint
 from diffdet.cli import main
-from diffdet.detect import image_ids, list_images
+from diffdet.inference.images import image_ids, list_images
 from diffdet.modeling.build import build_detector
 from diffdet.modeling.config import ModelConfig
 
@@ -86,17 +86,20 @@ def test_detect_writes_annotated_images_and_coco_results(weights, two_images, tm
 @pytest.mark.parametrize("command", ["detect", "eval"])
 def test_dtype_bf16_runs_a_bf16_detector(weights, two_images, tmp_path, monkeypatch, command):
     """``--dtype bf16`` loads the weights in bfloat16 (boxes and scores come out float32)."""
-    import diffdet.detect
+    import diffdet.cli.detect
+    import diffdet.cli.eval
 
     seen = []
-    runner = "run_detect" if command == "detect" else "run_eval"
-    original = getattr(diffdet.detect, runner)
+    module, runner = (
+        (diffdet.cli.detect, "run_detect") if command == "detect" else (diffdet.cli.eval, "run_eval")
+    )
+    original = getattr(module, runner)
 
     def spy(model, *args, **kwargs):
         seen.append(model.head.time_mlp[1].weight.dtype)
         return original(model, *args, **kwargs)
 
-    monkeypatch.setattr(diffdet.detect, runner, spy)
+    monkeypatch.setattr(module, runner, spy)
     source = [str(two_images)] if command == "detect" else ["--data", str(ANNOTATIONS), "--max-images", "1"]
     out = ["--out", str(tmp_path / "out")] if command == "detect" else []
     status, stdout, stderr = run_cli(

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from diffdet.crowdhuman_eval import (
+from diffdet.evaluation.crowdhuman import (
     MR_REFERENCE_FPPI,
     ImageBoxes,
     clip_to_image,

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from diffdet.evaluate_lvis import LVIS_METRICS, lvis_box_ap, require_lvis
+from diffdet.evaluation.lvis import LVIS_METRICS, lvis_box_ap, require_lvis
 
 needs_lvis = pytest.mark.skipif(
     importlib.util.find_spec("lvis") is None, reason="the lvis package is missing"

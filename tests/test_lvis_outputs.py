@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from diffdet.detect import run_detect
+from diffdet.inference.images import run_detect
 from diffdet.metadata.lvis import lvis_v1_categories
 from diffdet.modeling import ModelConfig, build_detector
 

@@ -59,7 +59,7 @@ def test_reading_coco_without_pycocotools_names_it(tmp_path, no_pycocotools):
 
 
 def test_scoring_without_pycocotools_names_it(no_pycocotools):
-    from diffdet.evaluate import coco_box_ap
+    from diffdet.evaluation.evaluator import coco_box_ap
 
     results = [{"image_id": 1, "category_id": 7, "bbox": [2, 3, 10, 8], "score": 0.9}]
     with pytest.raises(MissingDependencyError, match="COCO evaluation needs the 'pycocotools'"):
@@ -81,8 +81,9 @@ def test_the_package_imports_and_the_cli_parses_without_pycocotools():
     code = (
         "import sys\n"
         "sys.modules['pycocotools'] = None\n"
-        "import diffdet, diffdet.data, diffdet.evaluate, diffdet.engine.trainer, diffdet.quickstart\n"
-        "import diffdet.benchmark.cli, diffdet.train\n"
+        "import diffdet, diffdet.data, diffdet.evaluation.evaluator, diffdet.engine.trainer\n"
+        "import diffdet.cli.quickstart\n"
+        "import diffdet.cli.bench, diffdet.train\n"
         "from diffdet.cli import build_parser\n"
         "build_parser().parse_args(['bench', '--device', 'cpu'])\n"
         "print('ok')\n"

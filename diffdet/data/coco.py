@@ -25,7 +25,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from diffdet.data.lvis import is_lvis, validate_lvis
 from diffdet.data.transforms import TrainTransform
+from diffdet.errors import BadAnnotationError, BadImageError
 from diffdet.optional import pycocotools
 
 if TYPE_CHECKING:
@@ -35,14 +37,6 @@ REQUIRED_KEYS = {
     "images": ("id", "file_name", "height", "width"),
     "annotations": ("id", "image_id", "bbox", "category_id"),
 }
-
-
-class BadImageError(RuntimeError):
-    """An image that cannot be used: missing, undecodable, or not the size its JSON entry states."""
-
-
-class BadAnnotationError(ValueError):
-    """An instances JSON that is not valid COCO detection format."""
 
 
 @dataclass
@@ -121,8 +115,6 @@ def load_coco(annotation_file: str | os.PathLike) -> COCO:
             data = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise BadAnnotationError(f"{path}: not valid JSON ({err})") from err
-    from diffdet.data.lvis import is_lvis, validate_lvis  # lvis imports this module
-
     if is_lvis(data):
         data = validate_lvis(data, path)
     coco = coco_module.COCO()
@@ -189,8 +181,6 @@ class CocoDetection(torch.utils.data.Dataset):
     ) -> None:
         self.image_dir = Path(image_dir)
         self.coco = load_coco(annotation_file)
-        from diffdet.data.lvis import is_lvis
-
         self.is_lvis = is_lvis(self.coco.dataset)  # LVIS format: scored with the LVIS API
         self.category_ids = sorted(self.coco.cats)
         self.class_names = [self.coco.cats[c].get("name", str(c)) for c in self.category_ids]

@@ -8,7 +8,7 @@ other ``tag: "person"`` box is a target of the single class "person" (category i
 
 Training uses the chosen box kind (``vbox`` by default: the DiffusionDet paper's Table 1 scores
 visible boxes) and leaves ignore regions out of the targets, as :class:`~diffdet.data.coco.
-CocoDetection` leaves crowd boxes out; evaluation (:mod:`diffdet.crowdhuman_eval`) uses them.
+CocoDetection` leaves crowd boxes out; evaluation (:mod:`diffdet.evaluation.crowdhuman`) uses them.
 Image sizes are read from the image headers (after EXIF rotation), since odgt files hold none.
 """
 
@@ -152,7 +152,7 @@ class CrowdHumanDetection(CocoDetection):
     Items, ``(index, seed)`` keys, ``aspect_groups``, ``category_ids`` (``[1]``) and ``class_names``
     (``["person"]``) are those of CocoDetection; image ids are the line order 0..N−1 and
     ``records[i].name`` is the odgt ID. There is no ``coco`` attribute: evaluation uses
-    :mod:`diffdet.crowdhuman_eval`.
+    :mod:`diffdet.evaluation.crowdhuman`.
 
     Args:
         image_dir (str | PathLike): folder holding ``{ID}.jpg``.

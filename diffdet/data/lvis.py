@@ -19,7 +19,7 @@ labels 0..1202 (id − 1), as in the published models.
 
 from __future__ import annotations
 
-from diffdet.data.coco import BadAnnotationError
+from diffdet.errors import BadAnnotationError
 
 LVIS_IMAGE_KEYS = ("neg_category_ids", "not_exhaustive_category_ids")
 FREQUENCIES = ("r", "c", "f")

@@ -37,7 +37,7 @@ from diffdet.engine.state import (
     restore_rng,
     write_checkpoint,
 )
-from diffdet.evaluate import evaluate
+from diffdet.evaluation.evaluator import evaluate
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from diffdet.data.coco import CocoDetection
-from diffdet.evaluate import coco_box_ap, evaluate, to_coco_results
+from diffdet.evaluation.evaluator import coco_box_ap, evaluate, to_coco_results
 
 
 class Oracle(torch.nn.Module):

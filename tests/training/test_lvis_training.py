@@ -21,7 +21,7 @@ from diffdet.checkpoint import save_checkpoint
 from diffdet.cli import main as cli_main
 from diffdet.config import load_config
 from diffdet.engine.state import read_checkpoint
-from diffdet.evaluate_lvis import LVIS_METRICS
+from diffdet.evaluation.lvis import LVIS_METRICS
 from diffdet.metadata.lvis import lvis_v1_categories
 from diffdet.modeling.build import build_detector
 from diffdet.modeling.config import ModelConfig

@@ -10,9 +10,16 @@ from diffdet.modeling.backbone.build import (
     build_resnet,
     build_swin,
 )
-from diffdet.modeling.backbone.conv import NORMS, Conv2d, get_norm, set_inference_folding
+from diffdet.modeling.backbone.conv import (
+    NORMS,
+    Conv2d,
+    fold_frozen_batchnorm,
+    get_norm,
+    has_folded_batchnorm,
+    set_inference_folding,
+)
 from diffdet.modeling.backbone.fpn import FPN
-from diffdet.modeling.backbone.frozen_bn import FrozenBatchNorm2d, fold_frozen_batchnorm, has_folded_batchnorm
+from diffdet.modeling.backbone.frozen_bn import FrozenBatchNorm2d
 from diffdet.modeling.backbone.resnet import BasicBlock, BasicStem, BottleneckBlock, ResNet
 from diffdet.modeling.backbone.swin import SwinTransformer
 

@@ -60,7 +60,7 @@ class Conv2d(nn.Conv2d):
     """
 
     frozen_bn_folded = False
-    """True once :func:`~diffdet.modeling.backbone.frozen_bn.fold_frozen_batchnorm` merged the norm in."""
+    """True once :func:`fold_frozen_batchnorm` merged the norm in."""
 
     def __init__(self, *args, norm: nn.Module | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -236,3 +236,45 @@ def c2_xavier_fill(module: nn.Conv2d) -> None:
     nn.init.kaiming_uniform_(module.weight, a=1)
     if module.bias is not None:
         nn.init.constant_(module.bias, 0)
+
+
+@torch.no_grad()
+def fold_frozen_batchnorm(module: nn.Module) -> int:
+    """Fold every FrozenBatchNorm2d that follows a convolution into that convolution, in place.
+
+    Applies to each :class:`diffdet.modeling.backbone.conv.Conv2d` whose ``norm`` is a
+    FrozenBatchNorm2d: weight' = weight * scale (per output channel), bias' = bias * scale + shift
+    (bias taken as 0 when absent), computed in float64 and stored in the weight's dtype; ``norm``
+    becomes None and ``frozen_bn_folded`` True (see :func:`has_folded_batchnorm`). The outputs equal
+    the unfolded ones up to floating-point rounding.
+
+    Folding is for inference: it changes the state_dict keys (``*.norm.*`` disappear, ``*.bias``
+    appears), so save or export checkpoints before folding. Calling it twice folds nothing more.
+
+    Args:
+        module: any module, typically a detector or its backbone.
+
+    Returns:
+        The number of convolutions folded.
+    """
+    folded = 0
+    for conv in module.modules():
+        if not isinstance(conv, Conv2d) or not isinstance(conv.norm, FrozenBatchNorm2d):
+            continue
+        scale, shift = conv.norm.scale_and_shift(torch.float64)
+        weight = conv.weight.double() * scale.view(-1, 1, 1, 1)
+        bias = shift if conv.bias is None else conv.bias.double() * scale + shift
+        conv.weight.copy_(weight.to(conv.weight.dtype))
+        conv.bias = nn.Parameter(bias.to(conv.weight.dtype), requires_grad=conv.weight.requires_grad)
+        conv.norm = None
+        conv.frozen_bn_folded = True
+        folded += 1
+    return folded
+
+
+def has_folded_batchnorm(module: nn.Module) -> bool:
+    """Whether :func:`fold_frozen_batchnorm` has folded any norm inside ``module``.
+
+    Such a module's state_dict lacks the ``*.norm.*`` buffers, so it cannot be saved as a checkpoint.
+    """
+    return any(isinstance(m, Conv2d) and m.frozen_bn_folded for m in module.modules())

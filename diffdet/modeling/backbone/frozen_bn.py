@@ -1,4 +1,4 @@
-"""FrozenBatchNorm2d (detectron2's semantics) and its folding into the preceding convolution.
+"""FrozenBatchNorm2d (detectron2's semantics).
 
 The reference backbone follows every trunk convolution with a batch norm whose statistics and affine
 parameters are fixed: y = (x - running_mean) / sqrt(running_var + eps) * weight + bias, with eps 1e-5.
@@ -6,7 +6,8 @@ All four tensors are buffers, so they are saved in the state_dict but never trai
 ``num_batches_tracked`` (detectron2 checkpoints do not have one).
 
 For inference the affine map is folded into the convolution's weight and bias
-(:func:`fold_frozen_batchnorm`), which removes one elementwise pass over every trunk feature map.
+(:func:`diffdet.modeling.backbone.conv.fold_frozen_batchnorm`), which removes one elementwise pass
+over every trunk feature map.
 """
 
 from __future__ import annotations
@@ -96,49 +97,3 @@ class FrozenBatchNorm2d(nn.Module):
             if converted is not child:
                 module.add_module(name, converted)
         return module
-
-
-@torch.no_grad()
-def fold_frozen_batchnorm(module: nn.Module) -> int:
-    """Fold every FrozenBatchNorm2d that follows a convolution into that convolution, in place.
-
-    Applies to each :class:`diffdet.modeling.backbone.conv.Conv2d` whose ``norm`` is a
-    FrozenBatchNorm2d: weight' = weight * scale (per output channel), bias' = bias * scale + shift
-    (bias taken as 0 when absent), computed in float64 and stored in the weight's dtype; ``norm``
-    becomes None and ``frozen_bn_folded`` True (see :func:`has_folded_batchnorm`). The outputs equal
-    the unfolded ones up to floating-point rounding.
-
-    Folding is for inference: it changes the state_dict keys (``*.norm.*`` disappear, ``*.bias``
-    appears), so save or export checkpoints before folding. Calling it twice folds nothing more.
-
-    Args:
-        module: any module, typically a detector or its backbone.
-
-    Returns:
-        The number of convolutions folded.
-    """
-    from diffdet.modeling.backbone.conv import Conv2d
-
-    folded = 0
-    for conv in module.modules():
-        if not isinstance(conv, Conv2d) or not isinstance(conv.norm, FrozenBatchNorm2d):
-            continue
-        scale, shift = conv.norm.scale_and_shift(torch.float64)
-        weight = conv.weight.double() * scale.view(-1, 1, 1, 1)
-        bias = shift if conv.bias is None else conv.bias.double() * scale + shift
-        conv.weight.copy_(weight.to(conv.weight.dtype))
-        conv.bias = nn.Parameter(bias.to(conv.weight.dtype), requires_grad=conv.weight.requires_grad)
-        conv.norm = None
-        conv.frozen_bn_folded = True
-        folded += 1
-    return folded
-
-
-def has_folded_batchnorm(module: nn.Module) -> bool:
-    """Whether :func:`fold_frozen_batchnorm` has folded any norm inside ``module``.
-
-    Such a module's state_dict lacks the ``*.norm.*`` buffers, so it cannot be saved as a checkpoint.
-    """
-    from diffdet.modeling.backbone.conv import Conv2d
-
-    return any(isinstance(m, Conv2d) and m.frozen_bn_folded for m in module.modules())

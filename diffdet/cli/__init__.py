@@ -1,27 +1,17 @@
 """The ``diffdet`` command (also ``python -m diffdet``).
 
-Each subcommand lives in its own module and registers itself in :data:`SUBCOMMANDS` as
-``name -> (help, add_arguments, run)``, so this file only dispatches.
+The command line's room: a module per subcommand (``detect``, ``eval``, ``bench``, ``quickstart``,
+``info``; ``train`` is :mod:`diffdet.train`, for ``python -m diffdet.train``), option helpers in
+:mod:`diffdet.cli.options`. Each subcommand registers itself in :data:`SUBCOMMANDS` as
+``name -> (help, add_arguments, run)``, so this file only dispatches. Nothing in the library imports
+from this package.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
-
-
-def _info_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
-
-
-def _info_run(args: argparse.Namespace) -> int:
-    from diffdet.info import collect, format_info
-
-    info = collect()
-    print(json.dumps(info, indent=2) if args.json else format_info(info))
-    return 0
 
 
 def _lazy(module: str, name: str) -> Callable:
@@ -32,11 +22,15 @@ def _lazy(module: str, name: str) -> Callable:
 
 
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[..., int]]] = {
-    "info": ("versions, built backends, and the backend each op uses", _info_args, _info_run),
+    "info": (
+        "versions, built backends, and the backend each op uses",
+        lambda parser: _lazy("diffdet.cli.info", "info_args")(parser),
+        lambda args: _lazy("diffdet.cli.info", "info_main")(args),
+    ),
     "quickstart": (
         "generate synthetic data, train a small detector on the CPU, evaluate it and draw its detections",
-        lambda parser: _lazy("diffdet.quickstart", "add_arguments")(parser),
-        lambda args: _lazy("diffdet.quickstart", "run")(args),
+        lambda parser: _lazy("diffdet.cli.quickstart", "add_arguments")(parser),
+        lambda args: _lazy("diffdet.cli.quickstart", "run")(args),
     ),
     "train": (
         "train a detector from a YAML config (also under torchrun for DDP)",
@@ -45,18 +39,18 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Cal
     ),
     "detect": (
         "detect objects in an image or a folder: annotated images and a COCO-results JSON",
-        lambda parser: _lazy("diffdet.detect", "detect_args")(parser),
-        lambda args: _lazy("diffdet.detect", "detect_main")(args),
+        lambda parser: _lazy("diffdet.cli.detect", "detect_args")(parser),
+        lambda args: _lazy("diffdet.cli.detect", "detect_main")(args),
     ),
     "eval": (
         "COCO box AP of a checkpoint on a COCO-format dataset (pycocotools; LVIS files: the LVIS API)",
-        lambda parser: _lazy("diffdet.detect", "eval_args")(parser),
-        lambda args: _lazy("diffdet.detect", "eval_main")(args),
+        lambda parser: _lazy("diffdet.cli.eval", "eval_args")(parser),
+        lambda args: _lazy("diffdet.cli.eval", "eval_main")(args),
     ),
     "bench": (
         "end-to-end speed (and AP) over a num_boxes x steps grid, beside the reference backend",
-        lambda parser: _lazy("diffdet.benchmark.cli", "bench_args")(parser),
-        lambda args: _lazy("diffdet.benchmark.cli", "bench_main")(args),
+        lambda parser: _lazy("diffdet.cli.bench", "bench_args")(parser),
+        lambda args: _lazy("diffdet.cli.bench", "bench_main")(args),
     ),
 }
 
@@ -79,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    from diffdet.detect import USAGE_ERROR
+    from diffdet.cli.options import USAGE_ERROR
     from diffdet.optional import MissingDependencyError
 
     try:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from diffdet.benchmark.pipeline import (
+from diffdet.bench.pipeline import (
     check_modes,
     compare_detections,
     folded_copy,
@@ -27,8 +27,8 @@ from diffdet.benchmark.pipeline import (
     published_copy,
     staged_detect,
 )
-from diffdet.benchmark.settings import PUBLISHED, GridSettings
-from diffdet.benchmark.timing import Clock, percentile, summarize
+from diffdet.bench.settings import PUBLISHED, GridSettings
+from diffdet.bench.timing import Clock, percentile, summarize
 from diffdet.modeling.detector import DiffusionDet
 
 
@@ -117,7 +117,7 @@ def run_grid(
 
     Args:
         model: the detector, fp32, on the device to measure, with its test resize set to
-            ``settings.size`` (see :func:`diffdet.benchmark.cli.prepare_model`); it is not modified.
+            ``settings.size`` (see :func:`diffdet.cli.bench.prepare_model`); it is not modified.
         settings: the grid.
         progress: called with a short description before each grid point and each AP evaluation.
 
@@ -126,7 +126,7 @@ def run_grid(
         ("fast", or the baseline's name), ``num_boxes``, ``steps``, ``batch``, ``median_ms``, ``p90_ms``,
         ``min_ms``, ``mean_ms``, ``iters``, ``fps`` (images/s from the median), ``components_ms``
         (median per component; None for CUDA-graph modes), and for fast records per baseline B
-        ``speedup_vs_B`` and ``vs_B`` (see :func:`~diffdet.benchmark.pipeline.compare_detections`),
+        ``speedup_vs_B`` and ``vs_B`` (see :func:`~diffdet.bench.pipeline.compare_detections`),
         for bf16/fp16 modes beside an fp32 mode ``vs_fp32`` (matched at IoU :data:`LOW_PRECISION_IOU`),
         ``ap`` (dict of
         COCO metrics) when ``settings.ap_fn`` is set (for graph modes measured eagerly on the same

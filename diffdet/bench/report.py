@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
-from diffdet.benchmark.grid import published_comparison
-from diffdet.benchmark.plot import MARKERS, PALETTE, Series, VLine, line_chart
-from diffdet.benchmark.settings import BASELINES
+from diffdet.bench.grid import published_comparison
+from diffdet.bench.plot import MARKERS, PALETTE, Series, VLine, line_chart
+from diffdet.bench.settings import BASELINES
 
 
 def device_name(device: torch.device) -> str:

@@ -24,8 +24,8 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from diffdet.benchmark.settings import MODES
-from diffdet.benchmark.timing import Clock
+from diffdet.bench.settings import MODES
+from diffdet.bench.timing import Clock
 from diffdet.modeling.box_ops import box_iou
 from diffdet.modeling.cuda_graph import CudaGraphSampler
 from diffdet.modeling.detector import DiffusionDet

@@ -2,7 +2,7 @@
 
 The model runs over a COCO-format dataset; its detections (contiguous labels) are written as a COCO
 results file with the dataset's own category ids and scored with ``COCOeval`` (iouType "bbox"), or
-with :func:`diffdet.evaluate_lvis.lvis_box_ap` when the dataset is LVIS format.
+with :func:`diffdet.evaluation.lvis.lvis_box_ap` when the dataset is LVIS format.
 Under DDP every process evaluates its share of the images and rank 0 scores the union.
 """
 
@@ -15,12 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
-from diffdet import crowdhuman_eval
 from diffdet.data.coco import CocoDetection
 from diffdet.data.crowdhuman import CrowdHumanDetection
 from diffdet.data.loader import build_test_loader
 from diffdet.engine.distributed import all_gather_objects, get_rank, get_world_size, is_main_process
+from diffdet.errors import InputError
+from diffdet.evaluation import crowdhuman as crowdhuman_eval
 from diffdet.optional import pycocotools
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -105,8 +107,8 @@ def evaluate(
 
     Returns:
         The metrics of :func:`coco_box_ap` on rank 0 (those of
-        :func:`diffdet.evaluate_lvis.lvis_box_ap` when ``dataset.is_lvis``, of
-        :func:`diffdet.crowdhuman_eval.score_results` for a CrowdHumanDetection); None on other ranks.
+        :func:`diffdet.evaluation.lvis.lvis_box_ap` when ``dataset.is_lvis``, of
+        :func:`diffdet.evaluation.crowdhuman.score_results` for a CrowdHumanDetection); None on other ranks.
     """
     was_training = model.training
     model.eval()
@@ -129,7 +131,72 @@ def evaluate(
     if isinstance(dataset, CrowdHumanDetection):  # the CrowdHuman benchmark's metrics instead of COCO AP
         return crowdhuman_eval.score_results(dataset, results, image_ids)
     if dataset.is_lvis:
-        from diffdet.evaluate_lvis import lvis_box_ap
+        from diffdet.evaluation.lvis import lvis_box_ap
 
         return lvis_box_ap(dataset.coco.dataset, results, image_ids)
     return coco_box_ap(dataset.coco, results, image_ids)
+
+
+class ModelWrapper:
+    """A stand-in for a detector: it offers what :func:`diffdet.evaluation.evaluator.evaluate` uses of a model
+    (``training``, ``eval``, ``train`` and the call) and passes mode changes to the wrapped model.
+    Subclasses define the call."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    @property
+    def training(self) -> bool:
+        return self.model.training
+
+    def eval(self) -> ModelWrapper:
+        self.model.eval()
+        return self
+
+    def train(self, mode: bool = True) -> ModelWrapper:
+        self.model.train(mode)
+        return self
+
+
+class _Progress(ModelWrapper):
+    """A detector whose every call advances a progress bar by its number of images."""
+
+    def __init__(self, model: nn.Module, bar) -> None:
+        super().__init__(model)
+        self.bar = bar
+
+    def __call__(self, images: list[torch.Tensor], **kwargs: object) -> list[dict[str, torch.Tensor]]:
+        out = self.model(images, **kwargs)
+        self.bar.update(len(images))
+        return out
+
+
+def run_eval(
+    model: nn.Module, dataset: CocoDetection, *, batch_size: int = 1, results_path: Path | None = None,
+    progress: bool = True, **inference_kwargs: object,
+) -> dict[str, float]:  # fmt: skip
+    """COCO box AP of ``model`` on ``dataset`` (see :func:`evaluate`), with a progress bar.
+
+    Raises:
+        InputError: the model's categories are not the dataset's, or an image cannot be read.
+    """
+    from tqdm import tqdm
+
+    from diffdet.data.coco import BadImageError
+    from diffdet.evaluation.evaluator import evaluate
+
+    if tuple(model.category_ids) != tuple(dataset.category_ids):
+        raise InputError(
+            f"the weights detect {len(model.category_ids)} categories (ids {list(model.category_ids)[:5]}..."
+            f"), the dataset has {len(dataset.category_ids)} (ids {list(dataset.category_ids)[:5]}...)"
+        )
+    device = model.pixel_mean.device
+    with tqdm(total=len(dataset), desc="eval", unit="img", disable=not progress) as bar:
+        try:
+            metrics = evaluate(
+                _Progress(model, bar), dataset, device, batch_size=batch_size, results_path=results_path,
+                **inference_kwargs,
+            )  # fmt: skip
+        except BadImageError as err:
+            raise InputError(str(err)) from err
+    return metrics

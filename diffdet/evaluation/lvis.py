@@ -82,7 +82,7 @@ def lvis_box_ap(
             ``_ignore``) to the annotations; nothing else changes.
         results (list[dict]): COCO-results entries ``{"image_id", "category_id" (LVIS id),
             "bbox": [x, y, w, h] original-image pixels, "score"}`` (see
-            :func:`diffdet.evaluate.to_coco_results`); not modified.
+            :func:`diffdet.evaluation.evaluator.to_coco_results`); not modified.
         image_ids (list[int]): the images that were evaluated.
         max_dets (int): detections kept per image, highest scores first (300 for LVIS).
 

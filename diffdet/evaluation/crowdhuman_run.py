@@ -1,4 +1,4 @@
-"""``diffdet eval --data annotation_val.odgt``: CrowdHuman AP50, mMR, recall and JI of a checkpoint.
+"""CrowdHuman evaluation of a checkpoint (the library of ``diffdet eval --data annotation_val.odgt``).
 
 A one-class CrowdHuman model is scored as it is; ``--class person`` scores one class of any model
 (a COCO model's person detections, zero-shot, as the paper's Table 1), the other classes' detections
@@ -10,47 +10,20 @@ and the metrics with ``--metrics-out`` as JSON.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
-import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from diffdet.detect import USAGE_ERROR, InputError, ModelWrapper, _Progress, load_detector, pick_device
+from diffdet.errors import InputError
+from diffdet.evaluation.evaluator import ModelWrapper, _Progress
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
     from diffdet.data.crowdhuman import CrowdHumanDetection
-
-COLUMNS = ("boxes", "steps", "AP50", "mMR", "recall", "JI")
-
-
-def crowdhuman_dataset(
-    annotations: str | Path, images: str | Path | None, max_images: int = 0, box: str = "vbox"
-) -> CrowdHumanDetection:
-    """A CrowdHuman dataset; without ``images``, the release layout: ``Images/`` beside the odgt file.
-
-    Raises:
-        InputError: the odgt file is missing or malformed (file and line named), the image folder does
-            not exist, or an image is missing or unreadable.
-    """
-    from diffdet.data.coco import BadAnnotationError, BadImageError
-    from diffdet.data.crowdhuman import CrowdHumanDetection
-
-    annotations = Path(annotations)
-    if not annotations.is_file():
-        raise InputError(f"annotation file {annotations} does not exist")
-    images = Path(images) if images is not None else annotations.parent / "Images"
-    if not images.is_dir():
-        raise InputError(f"image folder {images} does not exist (pass --images)")
-    try:
-        return CrowdHumanDetection(images, annotations, max_images=max_images, box=box)
-    except (FileNotFoundError, BadAnnotationError, BadImageError) as err:
-        raise InputError(str(err)) from err
 
 
 class OneClass(ModelWrapper):
@@ -133,8 +106,8 @@ def run_crowdhuman_eval(
     """
     from tqdm import tqdm
 
-    from diffdet.data.coco import BadImageError
-    from diffdet.evaluate import evaluate
+    from diffdet.errors import BadImageError
+    from diffdet.evaluation.evaluator import evaluate
 
     settings = settings or sweep(None, None)
     rows = []
@@ -162,38 +135,3 @@ def run_crowdhuman_eval(
                 write_results(target, json.loads(coco_results.read_text()), dataset)
         rows.append({**used, **metrics})
     return rows
-
-
-def format_rows(rows: list[dict[str, float]]) -> str:
-    """The metrics table: a header, then one row per setting (metrics in percent)."""
-    lines = ["".join(f"{c:>8}" for c in COLUMNS)]
-    for row in rows:
-        lines.append(
-            f"{row['boxes']:>8}{row['steps']:>8}" + "".join(f"{100 * row[c]:>8.2f}" for c in COLUMNS[2:])
-        )
-    return "\n".join(lines)
-
-
-def eval_crowdhuman_main(args: argparse.Namespace) -> int:
-    """``diffdet eval`` on a ``.odgt`` file: prints the table; returns the exit status (2 on bad input)."""
-    try:
-        dataset = crowdhuman_dataset(args.data, args.images, args.max_images, args.crowdhuman_box)
-        model = load_detector(args.weights, pick_device(args.device))
-        label = class_label(model, args.class_name)
-        rows = run_crowdhuman_eval(
-            model, dataset, label, batch_size=args.batch_size, seed=args.seed,
-            settings=sweep(args.boxes, args.steps), progress=not args.no_progress,
-            results_path=Path(args.results) if args.results else None,
-        )  # fmt: skip
-    except InputError as err:
-        print(f"diffdet eval: error: {err}", file=sys.stderr)
-        return USAGE_ERROR
-    print(
-        f"CrowdHuman ({args.crowdhuman_box}) over {len(dataset)} image(s) of {args.data}, "
-        f"class {model.class_names[label]!r} of the weights:"
-    )
-    print(format_rows(rows))
-    if args.metrics_out:
-        Path(args.metrics_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.metrics_out).write_text(json.dumps(rows, indent=2))
-    return 0

@@ -15,28 +15,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from diffdet.benchmark.settings import BASELINES, DEFAULT_BOXES, DEFAULT_STEPS, MODES, GridSettings
-from diffdet.detect import USAGE_ERROR, InputError, coco_dataset, load_detector, pick_device, run_eval
+from diffdet.bench.settings import BASELINES, DEFAULT_BOXES, DEFAULT_STEPS, MODES, GridSettings
+from diffdet.cli.options import USAGE_ERROR, image_size, ints, load_detector, pick_device
+from diffdet.data.build import coco_dataset
+from diffdet.errors import InputError
+from diffdet.evaluation.evaluator import run_eval
 
 if TYPE_CHECKING:  # the parser is built without importing torch (``diffdet --help`` stays fast)
     import torch
     from tqdm import tqdm
 
     from diffdet.modeling.detector import DiffusionDet
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v]
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from err
-
-
-def _size(text: str) -> tuple[int, int]:
-    match = re.fullmatch(r"(\d+)x(\d+)", text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"expected HxW such as 800x1333, got {text!r}")
-    return int(match[1]), int(match[2])
 
 
 def _advance(bar: tqdm) -> Callable[[str], None]:
@@ -61,10 +50,10 @@ def bench_args(parser: argparse.ArgumentParser) -> None:
         "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. model.backbone=R18"
     )
     parser.add_argument(
-        "--boxes", type=_ints, default=list(DEFAULT_BOXES), help="num_boxes grid (default %(default)s)"
+        "--boxes", type=ints, default=list(DEFAULT_BOXES), help="num_boxes grid (default %(default)s)"
     )
     parser.add_argument(
-        "--steps", type=_ints, default=list(DEFAULT_STEPS), help="steps grid (default %(default)s)"
+        "--steps", type=ints, default=list(DEFAULT_STEPS), help="steps grid (default %(default)s)"
     )
     parser.add_argument(
         "--modes", type=lambda s: s.split(","), default=None,
@@ -80,10 +69,10 @@ def bench_args(parser: argparse.ArgumentParser) -> None:
         "published: the ops the published code runs); '' for none",
     )  # fmt: skip
     parser.add_argument(
-        "--batch", type=_ints, default=[1], help="images per call; a list measures each (e.g. 1,4)"
+        "--batch", type=ints, default=[1], help="images per call; a list measures each (e.g. 1,4)"
     )
     parser.add_argument(
-        "--size", type=_size, default=(800, 1333), help="input HxW; also the test resize (800x1333)"
+        "--size", type=image_size, default=(800, 1333), help="input HxW; also the test resize (800x1333)"
     )
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls per point (default 3)")
     parser.add_argument("--iters", type=int, default=10, help="timed calls per point (default 10)")
@@ -125,8 +114,8 @@ def bench_main(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from diffdet.benchmark.grid import run_grid
-    from diffdet.benchmark.report import (
+    from diffdet.bench.grid import run_grid
+    from diffdet.bench.report import (
         cpu_isa,
         device_name,
         format_table,

@@ -316,7 +316,7 @@ def score_results(dataset, results: list[dict], image_ids: list[int], **options)
         dataset (CrowdHumanDetection): ground truth; ``records[image_id]`` holds the image's person
             boxes, ignore regions and size.
         results (list[dict]): ``{"image_id", "bbox": [x, y, w, h], "score"}`` entries (see
-            :func:`diffdet.evaluate.to_coco_results`); their category is not looked at.
+            :func:`diffdet.evaluation.evaluator.to_coco_results`); their category is not looked at.
         image_ids (list[int]): the evaluated images (with or without detections).
         **options: ``iou_threshold``, ``ap_from_zero_recall`` of :func:`crowdhuman_metrics`.
 

@@ -1,0 +1,1 @@
+"""Running a trained detector on a user's images: pictures and results files."""
