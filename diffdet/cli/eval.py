@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from diffdet.cli.options import USAGE_ERROR, dtype, inference_args, knobs, load_detector, pick_device
+from diffdet.cli.tta_options import tta_args, wrap_tta
 from diffdet.data.build import coco_dataset, crowdhuman_dataset
 from diffdet.errors import InputError
 from diffdet.evaluation.crowdhuman_run import class_label, run_crowdhuman_eval, sweep
@@ -51,6 +52,7 @@ def eval_args(parser: argparse.ArgumentParser) -> None:
         "--crowdhuman-box", choices=("vbox", "fbox", "hbox"), default="vbox",
         help="CrowdHuman box scored: visible body (default, as the paper's Table 1), full body, or head",
     )  # fmt: skip
+    tta_args(parser)
 
 
 def _require_lvis() -> None:
@@ -74,6 +76,7 @@ def eval_main(args: argparse.Namespace) -> int:
         if dataset.is_lvis:
             _require_lvis()
         model = load_detector(args.weights, pick_device(args.device), dtype=dtype(args.dtype))
+        model = wrap_tta(model, args, len(dataset), progress=not args.no_progress)
         metrics = run_eval(
             model, dataset, batch_size=args.batch_size, progress=not args.no_progress,
             results_path=Path(args.results) if args.results else None, **knobs(args),
@@ -104,6 +107,7 @@ def eval_crowdhuman_main(args: argparse.Namespace) -> int:
     try:
         dataset = crowdhuman_dataset(args.data, args.images, args.max_images, args.crowdhuman_box)
         model = load_detector(args.weights, pick_device(args.device))
+        model = wrap_tta(model, args, len(dataset) * len(sweep(args.boxes, args.steps)), not args.no_progress)
         label = class_label(model, args.class_name)
         rows = run_crowdhuman_eval(
             model, dataset, label, batch_size=args.batch_size, seed=args.seed,
