@@ -113,3 +113,10 @@ def test_every_diffdet_command_in_the_docs_parses():
     for command in commands:
         args = parser.parse_args(shlex.split(command)[1:])
         assert args.command in ("detect", "eval"), command
+
+
+def test_the_preset_choices_are_the_library_presets():
+    from diffdet.cli.tta_options import PRESET_NAMES
+    from diffdet.modeling.tta import PRESETS
+
+    assert set(PRESET_NAMES) == set(PRESETS)

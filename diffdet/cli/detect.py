@@ -27,9 +27,15 @@ def detect_args(parser: argparse.ArgumentParser) -> None:
     inference_args(parser)
     parser.add_argument("--score-thr", type=float, default=0.5, help="minimum score kept (default 0.5)")
     parser.add_argument("--out", default="detections", help="output folder (default ./detections)")
-    parser.add_argument("--every", type=int, default=1, help="video: detect every N-th frame (default 1)")
     parser.add_argument(
-        "--batch-size", type=int, default=1, help="video: detected frames per forward pass (default 1)"
+        "--every", type=int, default=1, metavar="N", help="video: detect every N-th frame (default 1)"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        metavar="B",
+        help="video: detected frames per forward pass (default 1)",
     )
     tta_args(parser)
 
