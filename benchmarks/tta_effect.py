@@ -6,8 +6,8 @@ Settings: ``plain`` (no TTA); ``published`` and ``fast`` (:data:`diffdet.modelin
 vote); ``*-scaled`` (sizes, max size and scale ranges scaled by the model's test size / 800, for a
 model trained on small images); ``*-nms`` (detectron2's merge instead of the soft vote).
 
-    python benchmarks/tta_effect.py --weights /work/qs/diffdet_quickstart.pth \\
-        --data /work/qs/data/annotations/instances_val.json --images /work/qs/data/val \\
+    python benchmarks/tta_effect.py --weights output/quickstart/diffdet_quickstart.pth \\
+        --data output/quickstart/data/annotations/instances_val.json --images output/quickstart/data/val \\
         --settings plain,fast-scaled,published-scaled --max-images 100
 
 Adds one entry per setting and image count to ``benchmarks/results/tta_effect.json`` (AP table, wall
@@ -54,7 +54,8 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (the docs' commands are parsed with it by tests/test_cli_tta.py)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--weights", required=True)
     parser.add_argument("--data", required=True, help="COCO annotations JSON")
@@ -65,6 +66,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="DDIM steps (quickstart: 4)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
 
     from diffdet.checkpoint import load

@@ -4,6 +4,7 @@ the refusal of bad ``--tta`` sizes, and the commands of docs/tta-video.md."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import json
 import re
@@ -95,14 +96,14 @@ def test_bad_tta_sizes_are_refused_in_one_line(weights, shapes, tmp_path, sizes,
     assert status == 2 and stderr.count("\n") == 1 and "--tta-sizes" in stderr and message in stderr, stderr
 
 
-def _doc_commands() -> list[str]:
+def _doc_commands(program: str = "diffdet ") -> list[str]:
     text = (ROOT / "docs" / "tta-video.md").read_text()
     blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
     return [
         line.strip()
         for block in blocks
         for line in block.replace("\\\n", " ").splitlines()
-        if line.strip().startswith("diffdet ")
+        if line.strip().startswith(program)
     ]
 
 
@@ -120,3 +121,14 @@ def test_the_preset_choices_are_the_library_presets():
     from diffdet.modeling.tta import PRESETS
 
     assert set(PRESET_NAMES) == set(PRESETS)
+
+
+def test_every_benchmark_command_in_the_docs_parses():
+    spec = importlib.util.spec_from_file_location("tta_effect", ROOT / "benchmarks" / "tta_effect.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    commands = _doc_commands("python benchmarks/tta_effect.py ")
+    assert len(commands) >= 2
+    for command in commands:
+        args = module.build_parser().parse_args(shlex.split(command)[2:])
+        assert set(args.settings.split(",")) <= set(module.SETTINGS), command
