@@ -1,1 +1,1 @@
-"""Running a trained detector on a user's images: pictures and results files."""
+"""Running a trained detector on a user's images and videos: pictures, videos and results files."""

@@ -230,20 +230,25 @@ class DiffusionDetWithTTA(nn.Module):
         self.batch_size = batch_size
         self.progress = progress
 
+    # The model's attributes that evaluation, detection and drawing read.
     @property
     def cfg(self):
+        """The wrapped model's config."""
         return self.model.cfg
 
     @property
     def class_names(self) -> tuple[str, ...]:
+        """Name of each contiguous label."""
         return self.model.class_names
 
     @property
     def category_ids(self) -> tuple[int, ...]:
+        """Dataset category id of each contiguous label."""
         return self.model.category_ids
 
     @property
     def pixel_mean(self) -> Tensor:
+        """The model's pixel mean (its device is where the model runs)."""
         return self.model.pixel_mean
 
     def inputs_per_image(self) -> int:
