@@ -7,7 +7,6 @@ import contextlib
 import io
 import itertools
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 from PIL import Image
 
 from diffdet.bench.grid import published_comparison, run_grid, synthetic_images
-from diffdet.bench.pipeline import check_modes, folded_copy, op_backend, published_copy, staged_detect
+from diffdet.bench.pipeline import check_modes, folded_copy, published_copy, staged_detect
 from diffdet.bench.plot import Series, VLine, line_chart, nice_ticks
 from diffdet.bench.settings import GridSettings
 from diffdet.bench.timing import Clock, percentile, summarize, time_calls
@@ -70,16 +69,6 @@ def test_staged_detect_equals_model_call_and_parts_add_up(model):
     names = ["preprocess", "backbone+fpn", "head step 1", "head step 2", "sampler", "nms+postprocess"]
     assert list(parts) == [*names, "total"]
     assert sum(parts[n] for n in names) == pytest.approx(parts["total"], rel=1e-6)
-
-
-def test_op_backend_restores_the_environment(monkeypatch):
-    monkeypatch.setenv("DIFFDET_BACKEND", "compiled")
-    with op_backend("reference"):
-        assert os.environ["DIFFDET_BACKEND"] == "reference"
-    assert os.environ["DIFFDET_BACKEND"] == "compiled"
-    with op_backend(None):
-        assert "DIFFDET_BACKEND" not in os.environ
-    assert os.environ["DIFFDET_BACKEND"] == "compiled"
 
 
 def test_folded_copy_is_fused_and_cast_and_published_copy_is_not(model):

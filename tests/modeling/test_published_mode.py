@@ -262,3 +262,25 @@ def test_set_backend_rejects_an_unknown_name_naming_it(name):
     with pytest.raises(ValueError, match=repr(name)):
         set_backend(name)
     assert forced_backend() is None  # nothing changed
+
+
+def test_bench_grid_runs_its_published_baseline_under_the_switch(r50, monkeypatch):
+    """``diffdet bench``'s ``published`` baseline runs under ``set_backend("published")``; its
+    ``reference`` baseline and the fast modes do not, even with ``DIFFDET_BACKEND=published`` set."""
+    from diffdet.bench import grid
+    from diffdet.bench.settings import GridSettings
+
+    monkeypatch.setenv("DIFFDET_BACKEND", "published")
+    seen = []
+
+    def staged_detect(model, images, **kwargs):
+        seen.append((forced_backend(), published_mode()))
+        return [], {"total": 1.0}
+
+    monkeypatch.setattr(grid, "staged_detect", staged_detect)
+    settings = GridSettings(
+        boxes=[4], steps=[1], size=(32, 48), warmup=0, iters=1, baselines=("reference", "published")
+    )
+    grid.run_grid(r50, settings)
+    assert seen == [("reference", False), ("published", True), (None, False)]
+    assert published_mode()  # the env var is back in charge
