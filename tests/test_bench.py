@@ -83,22 +83,6 @@ def test_folded_copy_is_fused_and_cast_and_published_copy_is_not(model):
     assert model.head.time_mlp[1].weight.dtype == torch.float32 and model.inference_fusion  # untouched
 
 
-@pytest.mark.parametrize(
-    ("flags", "isa"),
-    [
-        ("fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile", "AMX"),
-        ("fpu avx2 avx512f avx512_bf16", "AVX512-BF16"),
-        ("fpu avx2 avx512f avx512bw avx512_vnni", "AVX512"),
-        ("fpu avx avx2 fma", "AVX2"),
-    ],
-)
-def test_cpu_isa_names_the_widest_matrix_isa(monkeypatch, flags, isa):
-    from diffdet.bench import report
-
-    monkeypatch.setattr(report, "_cpuinfo_field", lambda name: flags if name == "flags" else None)
-    assert report.cpu_isa() == isa
-
-
 def test_graph_modes_need_cuda():
     with pytest.raises(ValueError, match="CUDA"):
         check_modes(["graph"], torch.device("cpu"))
@@ -188,7 +172,7 @@ def test_bench_command_writes_table_json_and_plot(tmp_path):
 def test_bench_on_cpu_puts_fp32_and_bf16_beside_the_baseline_at_every_batch(tmp_path):
     """The CPU default modes (fp32, bf16), a batch list, the ISA in the title and the JSON, and bf16's
     match against fp32 (IoU 0.9, same label) in its record and the table."""
-    from diffdet.bench.report import cpu_isa
+    from diffdet.hardware import cpu_isa
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):

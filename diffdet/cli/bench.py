@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from diffdet.bench.settings import BASELINES, DEFAULT_BOXES, DEFAULT_STEPS, MODES, GridSettings
-from diffdet.cli.options import USAGE_ERROR, image_size, ints, load_detector, pick_device
+from diffdet.cli.options import (
+    USAGE_ERROR,
+    image_size,
+    ints,
+    load_detector,
+    pick_device,
+    warn_if_bf16_is_emulated,
+)
 from diffdet.data.build import coco_dataset
 from diffdet.errors import InputError
 from diffdet.evaluation.evaluator import run_eval
@@ -115,8 +122,8 @@ def bench_main(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from diffdet.bench.grid import run_grid
+    from diffdet.bench.pipeline import mode_dtype
     from diffdet.bench.report import (
-        cpu_isa,
         device_name,
         format_table,
         git_commit,
@@ -124,6 +131,7 @@ def bench_main(args: argparse.Namespace) -> int:
         plot_fps,
         write_json,
     )
+    from diffdet.hardware import cpu_isa
 
     try:
         device = pick_device(args.device)
@@ -136,6 +144,8 @@ def bench_main(args: argparse.Namespace) -> int:
             raise InputError("give --dtype or --modes, not both")
         default = ["fp32", "bf16", "graph"] if device.type == "cuda" else ["fp32", "bf16"]
         modes = [args.dtype] if args.dtype else args.modes or default
+        if any(m in MODES and mode_dtype(m) == torch.bfloat16 for m in modes):
+            warn_if_bf16_is_emulated(device, torch.bfloat16)
         grids = [
             GridSettings(
                 boxes=args.boxes,
