@@ -169,14 +169,19 @@ def _config_path(name: str | None) -> str | None:
     return str(preset_path(name))
 
 
-def run_args(args: argparse.Namespace) -> int:
-    """Train from parsed arguments; returns the exit status."""
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The run's config: the file or preset of ``--config`` with the overrides and shorthands."""
     overrides = list(args.overrides)
     if args.output_dir:
         overrides.append(f"train.output_dir={args.output_dir}")
     if args.dist_timeout is not None:
         overrides.append(f"train.dist_timeout={args.dist_timeout}")
-    cfg = load_config(_config_path(args.config), overrides)
+    return load_config(_config_path(args.config), overrides)
+
+
+def run_args(args: argparse.Namespace) -> int:
+    """Train from parsed arguments; returns the exit status."""
+    cfg = config_from_args(args)
     try:
         metrics = run(cfg, resume=args.resume, weights=args.weights)
     except (BadAnnotationError, BadImageError, FileNotFoundError, InputError) as err:  # names the input

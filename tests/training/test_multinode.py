@@ -11,8 +11,11 @@ to keep the file cheap: each process mostly pays its imports.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
+import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -239,3 +242,49 @@ def test_srun_variables_become_torchrun_variables():
 )
 def test_first_slurm_host(nodelist, first):
     assert du.first_slurm_host(nodelist) == first
+
+
+def _doc_commands() -> list[list[str]]:
+    """The shell commands of docs/multinode.md's bash blocks, continuation lines joined."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "multinode.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)\n```", doc, flags=re.S)
+    return [shlex.split(line) for block in blocks for line in block.replace("\\\n", " ").splitlines()]
+
+
+def test_the_documented_commands_parse_into_valid_configs():
+    from torch.distributed.run import get_args_parser
+
+    commands = _doc_commands()
+    assert {argv[0] for argv in commands} == {"torchrun", "srun"}
+    for argv in commands:
+        processes = None
+        if argv[0] == "torchrun":
+            launch = get_args_parser().parse_args(argv[1:])
+            assert launch.module and launch.training_script == "diffdet.train", argv
+            args, processes = launch.training_script_args, int(launch.nnodes) * int(launch.nproc_per_node)
+        else:
+            args = argv[argv.index("diffdet.train") + 1 :]
+        parser = argparse.ArgumentParser()
+        train.add_arguments(parser)
+        cfg = train.config_from_args(parser.parse_args(args))
+        if processes is not None:
+            assert cfg.solver.ims_per_batch % (processes * cfg.solver.grad_accum) == 0, argv
+
+
+def test_backend_failures_become_one_line_and_other_errors_pass(monkeypatch):
+    """What gloo raises when a peer stops answering (the killed-node run covers a closed connection)."""
+    monkeypatch.setattr(du, "is_distributed", lambda: True)
+    monkeypatch.setattr(du, "get_rank", lambda: 3)
+    monkeypatch.setattr(du, "get_world_size", lambda: 4)
+    silent = RuntimeError(
+        "[/src/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 5000ms for recv "
+        "operation to complete"
+    )
+    with pytest.raises(du.DistributedError) as caught, du.peer_failures_as_errors(5.0):
+        raise silent
+    assert str(caught.value) == (
+        "rank 3 of 4: a collective failed (Timed out waiting 5000ms for recv operation to complete): "
+        "another process died or did not answer within train.dist_timeout=5 s; stopping"
+    )
+    with pytest.raises(RuntimeError, match="shape mismatch"), du.peer_failures_as_errors(5.0):
+        raise RuntimeError("shape mismatch")  # a bug keeps its traceback
