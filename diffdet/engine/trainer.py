@@ -150,8 +150,9 @@ class Trainer:
         if len(set(seen)) > 1:
             other = next(r for r, name in enumerate(seen) if name != seen[0])
             raise ResumeMismatchError(
-                f"cannot resume: rank 0 finds checkpoint {seen[0]} in {self.output_dir} but rank {other} "
-                f"finds {seen[other]}; train.output_dir must be one folder shared by every machine"
+                f"cannot resume: in {self.output_dir} rank 0 finds checkpoint {seen[0] or 'none'} but rank "
+                f"{other} finds {seen[other] or 'none'}; train.output_dir must be one folder shared by every "
+                "machine"
             )
         if path is None:
             return False

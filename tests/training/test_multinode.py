@@ -288,3 +288,23 @@ def test_backend_failures_become_one_line_and_other_errors_pass(monkeypatch):
     )
     with pytest.raises(RuntimeError, match="shape mismatch"), du.peer_failures_as_errors(5.0):
         raise RuntimeError("shape mismatch")  # a bug keeps its traceback
+
+
+def test_resume_from_unshared_output_folders_stops_with_one_line(tiny_data, tmp_path, monkeypatch):
+    """Rank 1 finds no checkpoint where rank 0 finds one: the output folder is not shared."""
+    from trainkit import ToyDetector, tiny_config
+
+    from diffdet.engine.state import ResumeMismatchError
+    from diffdet.engine.trainer import Trainer
+
+    cfg, _ = tiny_config(tiny_data, tmp_path)
+    train_set, _ = train.build_datasets(cfg)
+    Trainer(cfg, ToyDetector(), train_set, torch.device("cpu")).save()
+    monkeypatch.setattr(du, "all_gather_objects", lambda name: [name, None])
+    trainer = Trainer(cfg, ToyDetector(), train_set, torch.device("cpu"))
+    with pytest.raises(ResumeMismatchError) as caught:
+        trainer.resume()
+    assert str(caught.value) == (
+        f"cannot resume: in {tmp_path} rank 0 finds checkpoint model_0000000.pth but rank 1 finds none; "
+        "train.output_dir must be one folder shared by every machine"
+    )
