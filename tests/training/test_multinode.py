@@ -151,6 +151,7 @@ def runs(tiny_data, tmp_path_factory) -> dict:
         for node in nodes:  # nothing outlives the test, even when it fails
             _kill_tree(node)
     survivor = {"status": status, "log": logs[0].read_text(), "seconds": stopped_after}
+    assert last_checkpoint(killed) is not None, survivor["log"][-3000:]
     checkpoint = read_checkpoint(last_checkpoint(killed))  # before the resume below adds more
 
     _srun_like(tiny_data, killed, "solver.max_iter=6", "--resume")
