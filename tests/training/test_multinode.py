@@ -178,7 +178,7 @@ def test_a_killed_node_stops_the_other_with_one_line_and_a_loadable_checkpoint(r
     survivor = runs["survivor"]
     assert survivor["status"] != 0
     assert survivor["seconds"] < TIMEOUT_S + 30, survivor  # no hang: the worker stops at once
-    errors = [line for line in survivor["log"].splitlines() if line.startswith("train: error:")]
+    errors = [line for line in survivor["log"].splitlines() if "error: rank " in line]
     assert len(errors) == 1, survivor["log"][-3000:]
     assert "of 2: a collective failed" in errors[0] and f"train.dist_timeout={TIMEOUT_S} s" in errors[0]
     assert runs["checkpoint"]["iteration"] >= 2 and runs["checkpoint"]["iteration"] % 2 == 0
@@ -211,7 +211,7 @@ def test_a_rendezvous_that_never_completes_stops_with_one_line(tiny_data, tmp_pa
     assert proc.returncode == 1
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1, proc.stderr[-3000:]
-    assert err[0].startswith("train: error: rank 0 of 2: the process group at localhost:") and (
+    assert "error: rank 0 of 2: the process group at localhost:" in err[0] and (
         "did not form within train.dist_timeout=1 s" in err[0]
     )
 
