@@ -309,3 +309,17 @@ def test_resume_from_unshared_output_folders_stops_with_one_line(tiny_data, tmp_
         f"cannot resume: in {tmp_path} rank 0 finds checkpoint model_0000000.pth but rank 1 finds none; "
         "train.output_dir must be one folder shared by every machine"
     )
+
+
+@pytest.mark.parametrize(("visible", "local_rank", "index"), [(8, 3, 3), (1, 3, 0), (2, 3, None)])
+def test_the_gpu_comes_from_the_local_rank(monkeypatch, visible, local_rank, index):
+    """cuda:LOCAL_RANK when the machine's GPUs are all visible; cuda:0 when the launcher shows each
+    process its own (``srun --gpus-per-task=1``); an error when there are too few."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+    if index is None:
+        with pytest.raises(du.DistributedError, match="LOCAL_RANK=3 but this machine shows only 2 CUDA"):
+            du.resolve_device("cuda")
+    else:
+        assert du.resolve_device("auto") == torch.device("cuda", index)
