@@ -18,8 +18,14 @@ import numpy as np
 import torch
 
 from diffdet.checkpoint.safe_io import atomic_save, torch_load
+from diffdet.errors import InputError
 
 LAST_CHECKPOINT = "last_checkpoint"
+
+
+class ResumeMismatchError(InputError):
+    """``--resume`` cannot continue this checkpoint exactly: it was written by another number of
+    processes, batch split or seed, or the processes do not see the same output folder."""
 
 
 def capture_rng() -> dict:
