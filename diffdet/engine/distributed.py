@@ -8,6 +8,7 @@ rank 0 of 1 and no process group is created.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -53,6 +54,42 @@ def init_distributed(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+
+
+def local_device(device: torch.device) -> torch.device:
+    """``device``, with a CUDA device without index made this process's GPU: cuda:LOCAL_RANK under
+    torchrun (cuda:0 otherwise)."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return device
+
+
+def process_group_from_env(device: torch.device, timeout: timedelta = timedelta(minutes=30)) -> bool:
+    """Join the torchrun process group when WORLD_SIZE > 1 (NCCL for a CUDA ``device``, gloo else).
+
+    Args:
+        device: this process's device (made current when it is a GPU).
+        timeout: how long any collective (and the rendezvous) waits for the other processes.
+
+    Returns:
+        bool: whether a process group was created (False: one process, or a group already exists).
+    """
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1 or is_distributed():
+        return False
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=timeout)
+    return True
+
+
+def gather_objects(obj: Any, dst: int = 0) -> list[Any] | None:
+    """Every process's ``obj`` (picklable) in rank order on rank ``dst``, None on the others;
+    ``[obj]`` without a process group."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] | None = [None] * get_world_size() if get_rank() == dst else None
+    dist.gather_object(obj, out, dst=dst)
+    return out
 
 
 def all_gather_objects(obj: Any) -> list[Any]:
