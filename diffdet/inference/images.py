@@ -80,7 +80,7 @@ def run_detect(
     from tqdm import tqdm
 
     from diffdet.data.coco import BadImageError, read_image
-    from diffdet.evaluation.evaluator import to_coco_results
+    from diffdet.evaluation.results import to_coco_results
     from diffdet.visualize import draw_detections
 
     out_dir.mkdir(parents=True, exist_ok=True)
