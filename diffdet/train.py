@@ -17,11 +17,12 @@ import numpy as np
 import torch
 
 from diffdet.config import Config, dump_config, load_config
-from diffdet.data.coco import BadAnnotationError, BadImageError, CocoDetection
+from diffdet.data.coco import CocoDetection
 from diffdet.data.crowdhuman import detection_dataset
 from diffdet.data.transforms import TrainTransform
 from diffdet.engine import distributed as du
 from diffdet.engine.trainer import Trainer
+from diffdet.errors import InputError
 
 
 def build_datasets(cfg: Config) -> tuple[CocoDetection, CocoDetection | None]:
@@ -38,11 +39,13 @@ def build_datasets(cfg: Config) -> tuple[CocoDetection, CocoDetection | None]:
     train_set = detection_dataset(
         d.train_images, d.train_annotations, transform, d.skip_bad, d.max_train_images, **kind
     )
+    train_set.check_resizable(min(d.min_size_train), d.max_size_train)  # now, not in a loader worker
     val_set = None
     if d.val_annotations:
         val_set = detection_dataset(
             d.val_images, d.val_annotations, None, d.skip_bad, d.max_val_images, **kind
         )
+        val_set.check_resizable(cfg.model.min_size_test, cfg.model.max_size_test)
     return train_set, val_set
 
 
@@ -50,10 +53,10 @@ def with_dataset_classes(cfg: Config, dataset: CocoDetection) -> Config:
     """``cfg`` with ``model.category_ids`` and ``model.class_names`` taken from the training set.
 
     Raises:
-        ValueError: ``model.num_classes`` differs from the dataset's number of categories.
+        InputError: ``model.num_classes`` differs from the dataset's number of categories.
     """
     if cfg.model.num_classes != len(dataset.category_ids):
-        raise ValueError(
+        raise InputError(
             f"model.num_classes is {cfg.model.num_classes} but the training set has "
             f"{len(dataset.category_ids)} categories; set model.num_classes={len(dataset.category_ids)}"
         )
@@ -146,16 +149,16 @@ def _config_path(name: str | None) -> str | None:
 
 
 def run_args(args: argparse.Namespace) -> int:
-    """Train from parsed arguments; returns the exit status."""
+    """Train from parsed arguments; returns the exit status.
+
+    Raises:
+        InputError: an unusable config, dataset or weights file (the caller prints it as one line).
+    """
     overrides = list(args.overrides)
     if args.output_dir:
         overrides.append(f"train.output_dir={args.output_dir}")
     cfg = load_config(_config_path(args.config), overrides)
-    try:
-        metrics = run(cfg, resume=args.resume, weights=args.weights)
-    except (BadAnnotationError, BadImageError, FileNotFoundError) as err:  # one line naming the file
-        print(f"train: error: {err}", file=sys.stderr)
-        return 2
+    metrics = run(cfg, resume=args.resume, weights=args.weights)  # InputError: diffdet.cli.failure
     if metrics is not None:
         name = "CrowdHuman" if "mMR" in metrics else "box AP"
         print(f"{name}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
@@ -164,9 +167,11 @@ def run_args(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m diffdet.train``; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m diffdet.train", description=__doc__.split("\n")[0])
+    from diffdet.cli.failure import CommandParser, run_command
+
+    parser = CommandParser(prog="python -m diffdet.train", description=__doc__.split("\n")[0])
     add_arguments(parser)
-    return run_args(parser.parse_args(argv))
+    return run_command(parser.prog, lambda: run_args(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -12,11 +12,21 @@ import json
 import sys
 from pathlib import Path
 
-from diffdet.cli.options import USAGE_ERROR, dtype, inference_args, knobs, load_detector, pick_device
+from diffdet.cli.options import (
+    USAGE_ERROR,
+    dtype,
+    inference_args,
+    knobs,
+    load_detector,
+    non_negative_int,
+    pick_device,
+    positive_int,
+)
 from diffdet.data.build import coco_dataset, crowdhuman_dataset
 from diffdet.errors import InputError
 from diffdet.evaluation.crowdhuman_run import class_label, run_crowdhuman_eval, sweep
 from diffdet.evaluation.evaluator import run_eval
+from diffdet.outputs import write_text_atomic
 
 COLUMNS = ("boxes", "steps", "AP50", "mMR", "recall", "JI")
 
@@ -37,8 +47,10 @@ def eval_args(parser: argparse.ArgumentParser) -> None:
         "--images", default=None, help="image folder (default: COCO layout, or Images/ beside a .odgt file)"
     )
     inference_args(parser, several=True)
-    parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
-    parser.add_argument("--max-images", type=int, default=0, help="evaluate the first N images only (0: all)")
+    parser.add_argument("--batch-size", type=positive_int, default=1, help="images per forward pass")
+    parser.add_argument(
+        "--max-images", type=non_negative_int, default=0, help="evaluate the first N images only (0: all)"
+    )
     parser.add_argument(
         "--results", help="also write the detections here (COCO results, or CrowdHuman odgt lines)"
     )
@@ -74,6 +86,7 @@ def eval_main(args: argparse.Namespace) -> int:
         if dataset.is_lvis:
             _require_lvis()
         model = load_detector(args.weights, pick_device(args.device), dtype=dtype(args.dtype))
+        dataset.check_resizable(model.cfg.min_size_test, model.cfg.max_size_test)
         metrics = run_eval(
             model, dataset, batch_size=args.batch_size, progress=not args.no_progress,
             results_path=Path(args.results) if args.results else None, **knobs(args),
@@ -84,8 +97,7 @@ def eval_main(args: argparse.Namespace) -> int:
     print(f"{'LVIS' if dataset.is_lvis else 'COCO'} box AP over {len(dataset)} image(s) of {args.data}:")
     print(format_metrics(metrics))
     if args.metrics_out:
-        Path(args.metrics_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.metrics_out).write_text(json.dumps(metrics, indent=2))
+        write_text_atomic(args.metrics_out, json.dumps(metrics, indent=2))
     return 0
 
 
@@ -104,6 +116,7 @@ def eval_crowdhuman_main(args: argparse.Namespace) -> int:
     try:
         dataset = crowdhuman_dataset(args.data, args.images, args.max_images, args.crowdhuman_box)
         model = load_detector(args.weights, pick_device(args.device))
+        dataset.check_resizable(model.cfg.min_size_test, model.cfg.max_size_test)
         label = class_label(model, args.class_name)
         rows = run_crowdhuman_eval(
             model, dataset, label, batch_size=args.batch_size, seed=args.seed,
@@ -119,6 +132,5 @@ def eval_crowdhuman_main(args: argparse.Namespace) -> int:
     )
     print(format_rows(rows))
     if args.metrics_out:
-        Path(args.metrics_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.metrics_out).write_text(json.dumps(rows, indent=2))
+        write_text_atomic(args.metrics_out, json.dumps(rows, indent=2))
     return 0

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from diffdet.errors import InputError
 from diffdet.evaluation.evaluator import ModelWrapper, _Progress
+from diffdet.outputs import write_text_atomic
 
 if TYPE_CHECKING:
     import torch
@@ -69,11 +70,11 @@ def write_results(path: Path, coco_results: list[dict], dataset: CrowdHumanDetec
     boxes: dict[int, list[dict]] = {}
     for r in coco_results:
         boxes.setdefault(int(r["image_id"]), []).append({"box": r["bbox"], "score": r["score"], "tag": 1})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        for record in dataset.records:
-            line = {"ID": record.name, "height": record.height, "width": record.width}
-            f.write(json.dumps({**line, "dtboxes": boxes.get(record.image_id, [])}) + "\n")
+    lines = [
+        json.dumps({"ID": r.name, "height": r.height, "width": r.width, "dtboxes": boxes.get(r.image_id, [])})
+        for r in dataset.records
+    ]
+    write_text_atomic(path, "".join(line + "\n" for line in lines))
 
 
 def sweep(boxes: list[int] | None, steps: list[int] | None) -> list[dict[str, int | None]]:

@@ -24,6 +24,7 @@ from diffdet.engine.distributed import all_gather_objects, get_rank, get_world_s
 from diffdet.errors import InputError
 from diffdet.evaluation import crowdhuman as crowdhuman_eval
 from diffdet.optional import pycocotools
+from diffdet.outputs import write_text_atomic
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -126,8 +127,7 @@ def evaluate(
     results = [r for part, _ in gathered for r in part]
     image_ids = [i for _, part in gathered for i in part]
     if results_path is not None:
-        Path(results_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(results_path).write_text(json.dumps(results))
+        write_text_atomic(results_path, json.dumps(results))
     if isinstance(dataset, CrowdHumanDetection):  # the CrowdHuman benchmark's metrics instead of COCO AP
         return crowdhuman_eval.score_results(dataset, results, image_ids)
     if dataset.is_lvis:
