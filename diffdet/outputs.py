@@ -73,6 +73,25 @@ def check_output_dir(out: Path, overwrite: bool, source: Path, flag: str = "--ou
         raise InputError(f"{flag} {out}: the folder is not empty; pass --overwrite to replace it")
 
 
+def check_results_files(source: str | os.PathLike, outputs: dict[str, str | None]) -> None:
+    """Refuse results files that would replace the input annotation file or are folders.
+
+    Args:
+        source: the input annotation file.
+        outputs: option name -> the file it names (None: not given).
+
+    Raises:
+        InputError: an output is ``source`` itself or an existing folder.
+    """
+    for flag, path in outputs.items():
+        if path is None:
+            continue
+        if Path(path).is_dir():
+            raise InputError(f"{flag} {path}: is a folder, not a file")
+        if Path(path).resolve() == Path(source).resolve():
+            raise InputError(f"{flag} {path}: is the input annotation file, which would be overwritten")
+
+
 @contextlib.contextmanager
 def staged_output_dir(out: Path) -> Iterator[Path]:
     """A temporary folder beside ``out`` to write into; on success it replaces ``out``.

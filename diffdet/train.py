@@ -101,7 +101,10 @@ def run(cfg: Config, resume: bool = False, weights: str | None = None) -> dict[s
         require_lvis()  # now, not after training
     cfg = with_dataset_classes(cfg, train_set)
     torch.manual_seed(cfg.train.seed)
-    model = build_detector(cfg.model).to(device)
+    try:
+        model = build_detector(cfg.model).to(device)
+    except ValueError as err:  # a setting the builders refuse: an unknown backbone or norm name
+        raise InputError(f"model config: {err}") from err
     if cfg.model.loss.use_fed_loss:
         set_fed_loss_weights(model, train_set, cfg.model.loss.fed_loss_freq_weight_power)
     if weights and not resume:

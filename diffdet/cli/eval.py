@@ -26,7 +26,7 @@ from diffdet.data.build import coco_dataset, crowdhuman_dataset
 from diffdet.errors import InputError
 from diffdet.evaluation.crowdhuman_run import class_label, run_crowdhuman_eval, sweep
 from diffdet.evaluation.evaluator import run_eval
-from diffdet.outputs import write_text_atomic
+from diffdet.outputs import check_results_files, write_text_atomic
 
 COLUMNS = ("boxes", "steps", "AP50", "mMR", "recall", "JI")
 
@@ -77,6 +77,7 @@ def _require_lvis() -> None:
 
 def eval_main(args: argparse.Namespace) -> int:
     """``diffdet eval``: prints the AP table; returns the exit status (2 on an unusable input)."""
+    check_results_files(args.data, {"--results": args.results, "--metrics-out": args.metrics_out})
     if Path(args.data).suffix.lower() == ".odgt":
         return eval_crowdhuman_main(args)
     try:

@@ -69,8 +69,8 @@ def fraction(text: str) -> float:
 def image_size(text: str) -> tuple[int, int]:
     """``--size 800x1333``: height x width in pixels."""
     match = re.fullmatch(r"(\d+)x(\d+)", text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"expected HxW such as 800x1333, got {text!r}")
+    if not match or min(int(match[1]), int(match[2])) < 1:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 800x1333, got {shown(text)}")
     return int(match[1]), int(match[2])
 
 
@@ -78,13 +78,16 @@ def pick_device(name: str) -> torch.device:
     """``"auto"`` -> CUDA when available, else CPU; any other name as given.
 
     Raises:
-        InputError: a CUDA device is asked for but none is available.
+        InputError: not a device name, or a CUDA device is asked for but none is available.
     """
     import torch
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise InputError(f"--device {shown(name)[1:-1]}: not a device name (cpu, cuda, cuda:1...)") from err
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"--device {name}: no CUDA device is available")
     return device
