@@ -19,9 +19,11 @@ from diffdet.bench.settings import BASELINES, DEFAULT_BOXES, DEFAULT_STEPS, MODE
 from diffdet.cli.options import (
     USAGE_ERROR,
     image_size,
-    ints,
     load_detector,
+    non_negative_int,
     pick_device,
+    positive_int,
+    positive_ints,
     warn_if_bf16_is_emulated,
 )
 from diffdet.data.build import coco_dataset
@@ -56,10 +58,13 @@ def bench_args(parser: argparse.ArgumentParser) -> None:
         "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. model.backbone=R18"
     )
     parser.add_argument(
-        "--boxes", type=ints, default=list(DEFAULT_BOXES), help="num_boxes grid (default %(default)s)"
+        "--boxes",
+        type=positive_ints,
+        default=list(DEFAULT_BOXES),
+        help="num_boxes grid (default %(default)s)",
     )
     parser.add_argument(
-        "--steps", type=ints, default=list(DEFAULT_STEPS), help="steps grid (default %(default)s)"
+        "--steps", type=positive_ints, default=list(DEFAULT_STEPS), help="steps grid (default %(default)s)"
     )
     parser.add_argument(
         "--modes", type=lambda s: s.split(","), default=None,
@@ -75,21 +80,27 @@ def bench_args(parser: argparse.ArgumentParser) -> None:
         "published: the ops the published code runs); '' for none",
     )  # fmt: skip
     parser.add_argument(
-        "--batch", type=ints, default=[1], help="images per call; a list measures each (e.g. 1,4)"
+        "--batch", type=positive_ints, default=[1], help="images per call; a list measures each (e.g. 1,4)"
     )
     parser.add_argument(
         "--size", type=image_size, default=(800, 1333), help="input HxW; also the test resize (800x1333)"
     )
-    parser.add_argument("--warmup", type=int, default=3, help="untimed calls per point (default 3)")
-    parser.add_argument("--iters", type=int, default=10, help="timed calls per point (default 10)")
+    parser.add_argument(
+        "--warmup", type=non_negative_int, default=3, help="untimed calls per point (default 3)"
+    )
+    parser.add_argument("--iters", type=positive_int, default=10, help="timed calls per point (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the images and the sampler's noise")
     parser.add_argument(
         "--device", default="auto", help="cpu, cuda, cuda:1... (default: cuda when available)"
     )
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    parser.add_argument(
+        "--threads", type=non_negative_int, default=0, help="CPU threads for torch (0: torch's default)"
+    )
     parser.add_argument("--data", metavar="JSON", help="COCO instances JSON: also measure AP at every point")
     parser.add_argument("--images", help="image folder of --data (default: COCO layout beside the JSON)")
-    parser.add_argument("--max-images", type=int, default=0, help="AP on the first N images only (0: all)")
+    parser.add_argument(
+        "--max-images", type=non_negative_int, default=0, help="AP on the first N images only (0: all)"
+    )
     parser.add_argument("--out", default="benchmarks/results", help="output folder (default %(default)s)")
     parser.add_argument("--name", default=None, help="file stem of the outputs (default e2e-DEVICE-TIME)")
 
