@@ -28,6 +28,7 @@ from diffdet.cli.options import (
     pick_device,
     positive_int,
 )
+from diffdet.cli.tta_options import tta_args, wrap_tta
 from diffdet.data.build import evaluation_dataset
 from diffdet.errors import InputError
 from diffdet.outputs import check_results_files, write_text_atomic
@@ -84,6 +85,7 @@ def eval_args(parser: argparse.ArgumentParser) -> None:
         "--crowdhuman-box", choices=("vbox", "fbox", "hbox"), default="vbox",
         help="CrowdHuman box scored: visible body (default, as the paper's Table 1), full body, or head",
     )  # fmt: skip
+    tta_args(parser)
 
 
 def class_label(model: nn.Module, class_name: str | None) -> int:
@@ -197,6 +199,7 @@ def eval_main(args: argparse.Namespace) -> int:
         label = class_label(model, args.class_name) if crowdhuman else 0
         if not crowdhuman:
             check_categories(model, dataset)
+        model = wrap_tta(model, args, len(dataset) * len(runs), progress=not args.no_progress)
         grouped = init_distributed(device, timeout_s=EVAL_DIST_TIMEOUT_S)
         rows = run_eval(
             model, dataset, runs, label=label, batch_size=args.batch_size, progress=not args.no_progress,
