@@ -132,7 +132,7 @@ class _Encoder:
 
 
 def _detection_line(frame: int, time_s: float, output: dict, model: nn.Module) -> str:
-    from diffdet.evaluation.evaluator import to_coco_results
+    from diffdet.evaluation.results import to_coco_results
 
     entries = to_coco_results(frame, output, list(model.category_ids))
     names = [model.class_names[int(label)] for label in output["labels"]]

@@ -257,7 +257,8 @@ class DiffusionDetWithTTA(nn.Module):
         Args:
             images: a [B, 3, H, W] tensor or a list of [3, H, W] RGB tensors, uint8 or float in [0, 1].
             **knobs: per-call detector knobs (``num_boxes``, ``steps``, ``seed``...); with ``seed`` every
-                augmented input draws from its own generator seeded with it.
+                augmented input draws from its own generator seeded with it; with ``generator`` as a list
+                (one per image) every augmented input of an image starts from a copy of its generator.
 
         Returns:
             Per image a dict ``boxes``, ``scores``, ``labels`` (see the class docstring).
@@ -277,12 +278,15 @@ class DiffusionDetWithTTA(nn.Module):
             for aug in augmented_inputs(tuple(im.shape[1:]), i, self.config, test_size)
         ]
         seed = knobs.pop("seed", None)
+        per_image = knobs.pop("generator", None) if isinstance(knobs.get("generator"), list) else None
         outputs: list[dict[str, Tensor] | None] = [None] * len(augs)
         for chunk in _batches_by_shape(augs, self.batch_size):
             batch = [make_input(images[augs[j].image_index], augs[j]) for j in chunk]
             if seed is not None:
                 device = self.model.pixel_mean.device
                 knobs["generator"] = [torch.Generator(device=device).manual_seed(int(seed)) for _ in chunk]
+            elif per_image is not None:  # one generator per image: each of its inputs starts from its state
+                knobs["generator"] = [_copy_generator(per_image[augs[j].image_index]) for j in chunk]
             for j, out in zip(chunk, self.model(batch, resize=False, **knobs), strict=True):
                 outputs[j] = out
             if self.progress is not None:
@@ -305,6 +309,13 @@ class DiffusionDetWithTTA(nn.Module):
             return nms_merge(boxes, scores, labels, image_size, max_detections=limit)
         limit = self.model.cfg.num_proposals if limit is None else limit
         return soft_vote_merge(boxes, scores, labels, image_size, max_detections=limit)
+
+
+def _copy_generator(generator: torch.Generator) -> torch.Generator:
+    """A new generator in ``generator``'s current state."""
+    copy = torch.Generator(device=generator.device)
+    copy.set_state(generator.get_state())
+    return copy
 
 
 def _batches_by_shape(augs: list[AugmentedInput], batch_size: int) -> list[list[int]]:
