@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from diffdet.config import Config, dump_config, load_config
-from diffdet.data.coco import BadAnnotationError, BadImageError, CocoDetection
+from diffdet.data.coco import CocoDetection
 from diffdet.data.crowdhuman import detection_dataset
 from diffdet.data.transforms import TrainTransform
 from diffdet.engine import distributed as du
@@ -40,11 +40,13 @@ def build_datasets(cfg: Config) -> tuple[CocoDetection, CocoDetection | None]:
     train_set = detection_dataset(
         d.train_images, d.train_annotations, transform, d.skip_bad, d.max_train_images, **kind
     )
+    train_set.check_resizable(min(d.min_size_train), d.max_size_train)  # now, not in a loader worker
     val_set = None
     if d.val_annotations:
         val_set = detection_dataset(
             d.val_images, d.val_annotations, None, d.skip_bad, d.max_val_images, **kind
         )
+        val_set.check_resizable(cfg.model.min_size_test, cfg.model.max_size_test)
     return train_set, val_set
 
 
@@ -52,10 +54,10 @@ def with_dataset_classes(cfg: Config, dataset: CocoDetection) -> Config:
     """``cfg`` with ``model.category_ids`` and ``model.class_names`` taken from the training set.
 
     Raises:
-        ValueError: ``model.num_classes`` differs from the dataset's number of categories.
+        InputError: ``model.num_classes`` differs from the dataset's number of categories.
     """
     if cfg.model.num_classes != len(dataset.category_ids):
-        raise ValueError(
+        raise InputError(
             f"model.num_classes is {cfg.model.num_classes} but the training set has "
             f"{len(dataset.category_ids)} categories; set model.num_classes={len(dataset.category_ids)}"
         )
@@ -116,7 +118,10 @@ def _train(cfg: Config, device: torch.device, resume: bool, weights: str | None)
         require_lvis()  # now, not after training
     cfg = with_dataset_classes(cfg, train_set)
     torch.manual_seed(cfg.train.seed)
-    model = build_detector(cfg.model).to(device)
+    try:
+        model = build_detector(cfg.model).to(device)
+    except ValueError as err:  # a setting the builders refuse: an unknown backbone or norm name
+        raise InputError(f"model config: {err}") from err
     if cfg.model.loss.use_fed_loss:
         set_fed_loss_weights(model, train_set, cfg.model.loss.fed_loss_freq_weight_power)
     if weights and not resume:
@@ -180,13 +185,14 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def run_args(args: argparse.Namespace) -> int:
-    """Train from parsed arguments; returns the exit status."""
+    """Train from parsed arguments; returns the exit status.
+
+    Raises:
+        InputError: an unusable config, dataset or weights file (the caller prints it as one line).
+    """
     cfg = config_from_args(args)
     try:
-        metrics = run(cfg, resume=args.resume, weights=args.weights)
-    except (BadAnnotationError, BadImageError, FileNotFoundError, InputError) as err:  # names the input
-        print(f"train: error: {err}", file=sys.stderr)
-        return 2
+        metrics = run(cfg, resume=args.resume, weights=args.weights)  # InputError: diffdet.cli.failure
     except du.DistributedError as err:  # a peer failed: not the user's input, but no traceback helps
         print(f"train: error: {err}", file=sys.stderr)
         return 1
@@ -198,9 +204,11 @@ def run_args(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m diffdet.train``; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m diffdet.train", description=__doc__.split("\n")[0])
+    from diffdet.cli.failure import CommandParser, run_command
+
+    parser = CommandParser(prog="python -m diffdet.train", description=__doc__.split("\n")[0])
     add_arguments(parser)
-    return run_args(parser.parse_args(argv))
+    return run_command(parser.prog, lambda: run_args(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":

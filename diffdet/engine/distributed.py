@@ -180,6 +180,24 @@ def peer_failures_as_errors(timeout_s: float) -> Iterator[None]:
         ) from err
 
 
+def local_device(device: torch.device) -> torch.device:
+    """``device``, with a CUDA device without index made this process's GPU: cuda:LOCAL_RANK under
+    torchrun (cuda:0 otherwise)."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return device
+
+
+def gather_objects(obj: Any, dst: int = 0) -> list[Any] | None:
+    """Every process's ``obj`` (picklable) in rank order on rank ``dst``, None on the others;
+    ``[obj]`` without a process group."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] | None = [None] * get_world_size() if get_rank() == dst else None
+    dist.gather_object(obj, out, dst=dst)
+    return out
+
+
 def all_gather_objects(obj: Any) -> list[Any]:
     """Every process's ``obj`` (picklable), in rank order; ``[obj]`` without a process group."""
     if not is_distributed():

@@ -38,7 +38,7 @@ from diffdet.engine.state import (
     restore_rng,
     write_checkpoint,
 )
-from diffdet.evaluation.evaluator import evaluate
+from diffdet.evaluation import build_evaluator, inference_on_dataset
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -183,23 +183,24 @@ class Trainer:
 
     # -- evaluation --------------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float] | None:
-        """COCO AP of the (EMA) model on the validation set; logged on rank 0 (collective)."""
+        """The benchmark's metrics (COCO, LVIS or CrowdHuman) of the (EMA) model on the validation set,
+        each process running its share of the images; returned and logged on rank 0 (collective).
+        The sampler's noise is seeded with ``train.seed``, so an evaluation is reproducible and the
+        same for any number of processes."""
         if self.val_set is None:
             return None
         test = self.cfg.test
         kwargs = {k: v for k, v in (("num_boxes", test.num_boxes), ("steps", test.steps)) if v}
         model = self.ema.module if self.ema is not None else self.model
+        evaluator = build_evaluator(
+            self.val_set, self.output_dir / "coco_results.json", crowdhuman_toolkit_format=False
+        )
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # evaluation must not shift the training noise
-            metrics = evaluate(
-                model,
-                self.val_set,
-                self.device,
-                batch_size=test.batch_size,
-                num_workers=test.num_workers,
-                results_path=self.output_dir / "coco_results.json",
-                **kwargs,
-            )
+            metrics = inference_on_dataset(
+                model, self.val_set, evaluator, device=self.device, batch_size=test.batch_size,
+                num_workers=test.num_workers, seed=self.cfg.train.seed, **kwargs,
+            )  # fmt: skip
         if self.log is not None and metrics is not None:
             self.log.write(self.iteration, eval=metrics)
         self.last_eval = metrics
