@@ -28,7 +28,7 @@ def detect_main(args: argparse.Namespace) -> int:
     """``diffdet detect``: returns the exit status (2 with a message on an unusable input)."""
     try:
         files = list_images(args.input)
-        model = load_detector(args.weights, pick_device(args.device), dtype=dtype(args.dtype))
+        model = load_detector(args.weights, pick_device(args.device), args.runtime, dtype=dtype(args.dtype))
         path = run_detect(
             model,
             files,

@@ -73,7 +73,7 @@ def eval_main(args: argparse.Namespace) -> int:
         dataset = coco_dataset(args.data, args.images, args.max_images)
         if dataset.is_lvis:
             _require_lvis()
-        model = load_detector(args.weights, pick_device(args.device), dtype=dtype(args.dtype))
+        model = load_detector(args.weights, pick_device(args.device), args.runtime, dtype=dtype(args.dtype))
         metrics = run_eval(
             model, dataset, batch_size=args.batch_size, progress=not args.no_progress,
             results_path=Path(args.results) if args.results else None, **knobs(args),
@@ -102,6 +102,8 @@ def format_rows(rows: list[dict[str, float]]) -> str:
 def eval_crowdhuman_main(args: argparse.Namespace) -> int:
     """``diffdet eval`` on a ``.odgt`` file: prints the table; returns the exit status (2 on bad input)."""
     try:
+        if args.weights.lower().endswith((".onnx", ".pt2")):
+            raise InputError(f"--weights {args.weights}: CrowdHuman evaluation runs PyTorch weights only")
         dataset = crowdhuman_dataset(args.data, args.images, args.max_images, args.crowdhuman_box)
         model = load_detector(args.weights, pick_device(args.device))
         label = class_label(model, args.class_name)

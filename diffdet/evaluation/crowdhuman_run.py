@@ -111,7 +111,7 @@ def run_crowdhuman_eval(
 
     settings = settings or sweep(None, None)
     rows = []
-    device = model.pixel_mean.device
+    device = model.device
     for knobs in settings:
         used = {
             "boxes": model.cfg.num_proposals if knobs["num_boxes"] is None else knobs["num_boxes"],

@@ -190,7 +190,7 @@ def run_eval(
             f"the weights detect {len(model.category_ids)} categories (ids {list(model.category_ids)[:5]}..."
             f"), the dataset has {len(dataset.category_ids)} (ids {list(dataset.category_ids)[:5]}...)"
         )
-    device = model.pixel_mean.device
+    device = model.device
     with tqdm(total=len(dataset), desc="eval", unit="img", disable=not progress) as bar:
         try:
             metrics = evaluate(

@@ -87,6 +87,11 @@ class DiffusionDet(nn.Module):
         """Dataset category id of each contiguous label."""
         return self.cfg.category_ids
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model runs (images are moved here)."""
+        return self.pixel_mean.device
+
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> DiffusionDet:
         # Device moves apply to every buffer; dtype casts skip the float64 schedule and pixel stats.
         keep = {n: self._buffers[n] for n in (*SCHEDULE_BUFFERS, "pixel_mean", "pixel_std")}
