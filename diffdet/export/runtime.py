@@ -7,11 +7,12 @@ as :class:`~diffdet.modeling.detector.DiffusionDet` does. The sampler's noise is
 :func:`~diffdet.modeling.sampler.draw_noise` from the same seeded generator as the PyTorch model's, so a
 seed gives the PyTorch model's detections.
 
-The graph has fixed shapes (see :mod:`diffdet.export`): an image of another size than the export is
-resized to it by stretching (both sides scaled independently, PyTorch's uint8 bilinear antialiased
-resize, the model's own) and its boxes are mapped back to the image's pixels. Where the export size
-is the model's shortest-edge resize of the image (e.g. a dataset of one size, exported at its resized
-size), this is exactly the model's preprocessing. A batch larger than the export runs in chunks of
+The graph has fixed shapes (see :mod:`diffdet.export`) and does the model's own preprocessing of an
+image of the export size (its test-time resize, normalisation, padding), so images of the export size
+get the PyTorch model's detections. An image of another size is first resized to the export size by
+stretching (both sides scaled independently; PyTorch's uint8 bilinear antialiased resize) and its
+boxes are mapped back to its own pixels: detections of such images are close to, not equal to, the
+model's. A batch larger than the export runs in chunks of
 the export batch; a smaller one is padded with copies of its last image. Knobs baked into the graph
 (``num_boxes``, ``steps``, ``renewal_threshold``, ``nms_iou``, ``ensemble``) may only be asked for at
 their exported value.
@@ -216,8 +217,7 @@ class ExportedDetector:
         return out
 
     def _to_export_size(self, image: Tensor) -> Tensor:
-        """[3, h, w] -> uint8 [3, H, W] on the CPU: PyTorch's uint8 bilinear antialiased resize, the
-        model's own, so an image whose shortest-edge resize is the export size gets the model's pixels."""
+        """[3, h, w] -> uint8 [3, H, W] on the CPU (the export size), stretched when the sizes differ."""
         image = image.cpu()
         if image.dtype != torch.uint8:
             image = (image.float() * 255.0).round().clamp(0, 255).to(torch.uint8)
