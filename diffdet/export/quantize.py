@@ -12,6 +12,7 @@ per call) stay float32.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from diffdet.errors import InputError
@@ -79,11 +80,15 @@ def quantize_int8(onnx_path: str | Path, out_path: str | Path) -> Path:
         raise InputError(
             f"{onnx_path}: no MatMul or Gemm with a constant weight of >= {MIN_WEIGHTS} elements"
         )
-    quantization.quantize_dynamic(
-        model, out_path, weight_type=quantization.QuantType.QInt8, per_channel=True,
-        op_types_to_quantize=["MatMul", "Gemm"], nodes_to_quantize=nodes,
-        extra_options={"MatMulConstBOnly": True},
-    )  # fmt: skip
+    logging.disable(logging.WARNING)  # its advice to pre-process for static quantization does not apply
+    try:
+        quantization.quantize_dynamic(
+            model, out_path, weight_type=quantization.QuantType.QInt8, per_channel=True,
+            op_types_to_quantize=["MatMul", "Gemm"], nodes_to_quantize=nodes,
+            extra_options={"MatMulConstBOnly": True},
+        )  # fmt: skip
+    finally:
+        logging.disable(logging.NOTSET)
     quantized = onnx.load(str(out_path))
     props = {p.key: p.value for p in quantized.metadata_props}
     props[METADATA_KEY] = json.dumps({**metadata, "quantization": "int8-dynamic"})
