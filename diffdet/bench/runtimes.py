@@ -10,7 +10,6 @@ eager modes are.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -39,10 +38,10 @@ def export_point(
     if runtime == "torch":
         path = folder / f"{stem}.pt2"
         if not path.exists():
-            export(model, path, height=size[0], width=size[1], batch=batch, num_boxes=num_boxes, steps=steps)
+            export(model, path, size=size, batch=batch, num_boxes=num_boxes, steps=steps)
         return path
     if not onnx_file.exists():
-        export(model, onnx_file, height=size[0], width=size[1], batch=batch, num_boxes=num_boxes, steps=steps)
+        export(model, onnx_file, size=size, batch=batch, num_boxes=num_boxes, steps=steps)
     if runtime != "int8":
         return onnx_file
     from diffdet.export.quantize import quantize_int8
@@ -75,8 +74,6 @@ def runtime_runs(
 
     size = (int(images[0].shape[1]), int(images[0].shape[2]))
     device = "cpu" if model.device.type == "cpu" else "cuda"
-    if device != "cpu":  # the graph is exported from the CPU; its engine then runs it on the GPU
-        model = copy.deepcopy(model).cpu()
     runs = {}
     for name in runtimes:
         if name == "eager":

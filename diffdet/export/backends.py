@@ -39,6 +39,7 @@ class OnnxRuntimeEngine:
         ort = require("onnxruntime", "onnxruntime", "running an exported .onnx file in ONNX Runtime")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # errors only: its optimizer's notes on each unfoldable node are noise
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
