@@ -88,6 +88,8 @@ def export(
     """
     path = Path(path)
     fmt = _check_format(format, path)
+    if not path.parent.is_dir():
+        raise InputError(f"{path}: the folder {path.parent} does not exist")
     spec = _spec(model, size, num_boxes, steps, batch, renewal_threshold, nms_iou, max_detections, ensemble)
     if dtype not in DTYPES:
         raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -224,8 +226,6 @@ class _atomic_path:
         self.path = path
 
     def __enter__(self) -> Path:
-        if not self.path.parent.is_dir():
-            raise InputError(f"{self.path}: the folder {self.path.parent} does not exist")
         fd, name = tempfile.mkstemp(
             dir=self.path.parent, prefix=f".{self.path.name}.", suffix=self.path.suffix
         )
