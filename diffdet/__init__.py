@@ -2,7 +2,8 @@
 
 Object detection as a denoising diffusion process from random boxes to object boxes, with custom
 C++/CUDA (RoIAlign, NMS) and Triton (dynamic conv, DDIM + box renewal) kernels under a thin PyTorch
-model. ``diffdet.load(path_or_preset)`` returns a ready detector.
+model. ``diffdet.load(path_or_preset)`` returns a ready detector; ``diffdet.export(model, path)``
+writes it as an ONNX or torch.export graph.
 """
 
 from __future__ import annotations
@@ -16,4 +17,8 @@ def __getattr__(name: str):
         from diffdet.checkpoint import load
 
         return load
+    if name == "export":  # the package diffdet.export, callable as diffdet.export(model, path, ...)
+        import diffdet.export
+
+        return diffdet.export
     raise AttributeError(f"module 'diffdet' has no attribute {name!r}")
