@@ -11,17 +11,19 @@ import torch
 from torch import nn
 
 from diffdet.errors import InputError
+from diffdet.export.metadata import read_metadata
 from diffdet.export.quantize import MAX_AP50_DROP, check_int8, large_products, quantize_int8
-from diffdet.export.runtime import load_exported, read_file_metadata
+from diffdet.export.runtime import load_exported
 
 METADATA = {
     "height": 8, "width": 8, "batch": 1, "num_boxes": 6, "steps": 1, "dtype": "fp32", "max_detections": 6,
     "renewal_threshold": 0.5, "nms_iou": 0.5, "ensemble": "all", "class_names": ["a"], "category_ids": [1],
+    "format_version": 1, "format": "onnx", "score_threshold": None,
 }  # fmt: skip
 
 
 class TwoProducts(nn.Module):
-    """A large product (256 x 512 weight: quantized) and a small one (4 x 4: left in float32)."""
+    """A large product (a Gemm, 512 x 256 weight: quantized) and a small one (4 x 4: left in float32)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -30,7 +32,8 @@ class TwoProducts(nn.Module):
         self.small = nn.Linear(4, 4)
 
     def forward(self, images: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        x = self.large(torch.cat([noise[0]] * 64, dim=-1))  # [N, P, 512]
+        n, p = noise.shape[1], noise.shape[2]
+        x = self.large(torch.cat([noise[0].reshape(n * p, 4)] * 64, dim=-1)).reshape(n, p, 512)  # a Gemm
         boxes = self.small(x[..., :4]).abs() * 4
         scores = torch.sigmoid(x[..., 4] + images.float().mean((1, 2, 3))[:, None] / 255)
         num = torch.full((images.shape[0],), noise.shape[2], dtype=torch.int64)
@@ -54,12 +57,13 @@ def fp32_file(tmp_path_factory):
 
 
 def test_only_the_large_product_is_quantized_and_the_metadata_kept(fp32_file, tmp_path):
-    assert len(large_products(onnx.load(str(fp32_file)))) == 1
+    fp32_model = onnx.load(str(fp32_file))
+    assert [n.op_type for n in fp32_model.graph.node if n.name in large_products(fp32_model)] == ["Gemm"]
     out = quantize_int8(fp32_file, tmp_path / "int8.onnx")
     ops = [n.op_type for n in onnx.load(str(out)).graph.node]
     assert ops.count("MatMulInteger") == 1 and "DynamicQuantizeLinear" in ops
     assert any(op in ("MatMul", "Gemm") for op in ops)  # the small product stays float32
-    assert read_file_metadata(out) == {**METADATA, "quantization": "int8-dynamic"}
+    assert read_metadata(out) == {**METADATA, "quantization": "int8-dynamic"}
     with pytest.raises(InputError, match="already quantized"):
         quantize_int8(out, tmp_path / "again.onnx")
     image = [torch.zeros(3, 8, 8, dtype=torch.uint8)]

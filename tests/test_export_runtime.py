@@ -27,7 +27,8 @@ HEIGHT, WIDTH, BATCH, BOXES, STEPS = 32, 48, 2, 5, 2
 METADATA = {
     "height": HEIGHT, "width": WIDTH, "batch": BATCH, "num_boxes": BOXES, "steps": STEPS, "dtype": "fp32",
     "max_detections": BOXES - 1, "renewal_threshold": 0.5, "nms_iou": 0.5, "ensemble": "all",
-    "class_names": ["circle", "square"], "category_ids": [1, 2],
+    "class_names": ["circle", "square"], "category_ids": [1, 2], "format_version": 1, "format": "onnx",
+    "score_threshold": None,
 }  # fmt: skip
 
 
@@ -171,7 +172,7 @@ def test_damaged_or_foreign_files_are_refused_naming_the_file(onnx_file, tmp_pat
     del model.metadata_props[:]
     onnx.save(model, str(bare))
     for path, message in [
-        (truncated, "truncated.onnx"), (bare, "no diffdet metadata"),
+        (truncated, "truncated.onnx"), (bare, "without diffdet metadata"),
         (tmp_path / "missing.onnx", "no such file"),
         (tmp_path / "weights.pth", "not an exported detector"),
     ]:  # fmt: skip

@@ -26,17 +26,62 @@ MAX_AP50_DROP = 0.01
 
 def large_products(model) -> list[str]:
     """Names of the MatMul / Gemm nodes of ``model`` (an onnx.ModelProto) with a constant weight of at
-    least :data:`MIN_WEIGHTS` elements."""
+    least :data:`MIN_WEIGHTS` elements (a Gemm only in the plain ``A @ B(^T) + C`` form)."""
     sizes = {t.name: _elements(t.dims) for t in model.graph.initializer}
     names = []
     for node in model.graph.node:
-        if (
-            node.op_type in ("MatMul", "Gemm")
-            and len(node.input) > 1
-            and sizes.get(node.input[1], 0) >= MIN_WEIGHTS
-        ):
+        if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2:
+            continue
+        if node.op_type == "Gemm" and not _plain_gemm(node):
+            continue
+        if sizes.get(node.input[1], 0) >= MIN_WEIGHTS:
             names.append(node.name)
     return names
+
+
+def _plain_gemm(node) -> bool:
+    """A Gemm with alpha = beta = 1 and A not transposed (what ``nn.Linear`` exports)."""
+    attrs = {a.name: a for a in node.attribute}
+    scales_one = all(attrs[k].f == 1.0 for k in ("alpha", "beta") if k in attrs)
+    return scales_one and not ("transA" in attrs and attrs["transA"].i)
+
+
+def gemms_as_matmuls(model, names: list[str]) -> list[str]:
+    """Rewrite the named Gemm nodes of ``model`` in place as MatMul (+ Add of the bias), the form ONNX
+    Runtime's dynamic quantization handles (it leaves Gemm in float32).
+
+    Returns:
+        The names of the MatMul nodes that now carry those products (the MatMuls named kept as they are).
+    """
+    from onnx import helper, numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    wanted = set(names)
+    nodes, out = [], []
+    for node in model.graph.node:
+        if node.op_type != "Gemm" or node.name not in wanted:
+            nodes.append(node)
+            if node.name in wanted:
+                out.append(node.name)
+            continue
+        trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+        weight = numpy_helper.to_array(inits[node.input[1]])
+        name = f"{node.input[1]}_matmul"
+        model.graph.initializer.append(numpy_helper.from_array(weight.T.copy() if trans_b else weight, name))
+        product = node.output[0] if len(node.input) < 3 or not node.input[2] else f"{node.name}_product"
+        nodes.append(helper.make_node("MatMul", [node.input[0], name], [product], name=f"{node.name}_matmul"))
+        out.append(f"{node.name}_matmul")
+        if product != node.output[0]:
+            nodes.append(
+                helper.make_node("Add", [product, node.input[2]], [node.output[0]], name=f"{node.name}_bias")
+            )
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    used = {i for n in model.graph.node for i in n.input}
+    keep = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    return out
 
 
 def _elements(dims) -> int:
@@ -68,10 +113,10 @@ def quantize_int8(onnx_path: str | Path, out_path: str | Path) -> Path:
     quantization = require(
         "onnxruntime.quantization", "onnxruntime", "int8 quantization of an exported detector"
     )
-    from diffdet.export.runtime import METADATA_KEY, read_file_metadata
+    from diffdet.export.metadata import METADATA_KEY, read_metadata
 
     onnx_path, out_path = Path(onnx_path), Path(out_path)
-    metadata = read_file_metadata(onnx_path)
+    metadata = read_metadata(onnx_path)
     if metadata.get("quantization"):
         raise InputError(f"{onnx_path}: already quantized ({metadata['quantization']})")
     model = onnx.load(str(onnx_path))
@@ -80,11 +125,12 @@ def quantize_int8(onnx_path: str | Path, out_path: str | Path) -> Path:
         raise InputError(
             f"{onnx_path}: no MatMul or Gemm with a constant weight of >= {MIN_WEIGHTS} elements"
         )
+    nodes = gemms_as_matmuls(model, nodes)
     logging.disable(logging.WARNING)  # its advice to pre-process for static quantization does not apply
     try:
         quantization.quantize_dynamic(
             model, out_path, weight_type=quantization.QuantType.QInt8, per_channel=True,
-            op_types_to_quantize=["MatMul", "Gemm"], nodes_to_quantize=nodes,
+            op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes,
             extra_options={"MatMulConstBOnly": True},
         )  # fmt: skip
     finally:

@@ -20,8 +20,6 @@ their exported value.
 
 from __future__ import annotations
 
-import json
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,45 +30,16 @@ from torch import Tensor
 
 from diffdet.errors import InputError
 from diffdet.export.backends import Engine, open_engine
+from diffdet.export.metadata import read_metadata
 from diffdet.modeling.preprocess import as_image_list, postprocess_boxes
 from diffdet.modeling.sampler import Generators, draw_noise
 
-METADATA_KEY = "diffdet"
 SUFFIXES = (".onnx", ".pt2")
 
 
 def is_exported(path: str | Path) -> bool:
     """True when ``path`` names an exported graph (by its suffix: ``.onnx`` or ``.pt2``)."""
     return Path(path).suffix.lower() in SUFFIXES
-
-
-def read_file_metadata(path: Path) -> dict:
-    """The ``"diffdet"`` metadata of an exported file (ONNX metadata_props, or the ``.pt2`` extra file
-    ``diffdet.json``).
-
-    Raises:
-        InputError: the file is missing, damaged, or carries no diffdet metadata.
-    """
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    try:
-        if path.suffix.lower() == ".pt2":
-            with zipfile.ZipFile(path) as archive:
-                names = [n for n in archive.namelist() if n.endswith(f"/{METADATA_KEY}.json")]
-                text = archive.read(names[0]).decode() if names else None
-        else:
-            import onnx
-
-            model = onnx.load(str(path), load_external_data=False)
-            text = next((p.value for p in model.metadata_props if p.key == METADATA_KEY), None)
-    except Exception as err:  # protobuf DecodeError, BadZipFile, OSError: the file is not usable
-        raise InputError(f"{path}: not a readable exported detector ({err})") from err
-    if text is None:
-        raise InputError(f"{path}: no diffdet metadata (export it with `diffdet export`)")
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise InputError(f"{path}: damaged diffdet metadata ({err})") from err
 
 
 class ExportedDetector:
@@ -252,5 +221,5 @@ def load_exported(path: str | Path, runtime: str | None = None, threads: int | N
     if not is_exported(path):
         raise InputError(f"{path}: not an exported detector (expected {' or '.join(SUFFIXES)})")
     runtime = runtime or ("torch" if path.suffix.lower() == ".pt2" else "onnxruntime")
-    metadata = read_file_metadata(path)
+    metadata = read_metadata(path)
     return ExportedDetector(open_engine(path, runtime, threads, device), metadata, path, runtime)
