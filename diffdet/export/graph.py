@@ -80,13 +80,12 @@ class DetectorGraph(nn.Module):
     def preprocess(self, images: Tensor) -> Tensor:
         """uint8 [N, 3, H, W] -> normalised, padded [N, 3, Hp, Wp] in the model's dtype.
 
-        A resize runs in float32 and rounds back to integers (as the model does off the CPU).
+        A resize runs on the uint8 images, as the model does on the CPU (PIL's rounding).
         """
-        x = images.float()
+        x = images
         if self.resized != (self.spec.height, self.spec.width):
             x = F.interpolate(x, size=self.resized, mode="bilinear", antialias=True, align_corners=False)
-            x = x.round().clamp(0, 255)
-        x = (x - self.model.pixel_mean) / self.model.pixel_std
+        x = (x.float() - self.model.pixel_mean) / self.model.pixel_std
         (h, w), (hp, wp) = self.resized, self.padded
         x = F.pad(x, (0, wp - w, 0, hp - h))
         return x.to(self.model.head.time_mlp[1].weight.dtype)

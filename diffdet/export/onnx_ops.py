@@ -46,11 +46,13 @@ def roi_align_multilevel(
     x2 = op.Gather(boxes, op.Constant(value_int=2), axis=1)
     y2 = op.Gather(boxes, op.Constant(value_int=3), axis=1)
     area = op.Mul(op.Sub(x2, x1), op.Sub(y2, y1))  # [K], in the boxes' dtype as the op
-    ratio = op.Add(op.Div(op.Sqrt(area), op.CastLike(canonical_box_size, area)), op.CastLike(1e-8, area))
-    log2 = op.Div(op.Log(ratio), op.CastLike(math.log(2.0), area))
-    level = op.Floor(op.Add(op.CastLike(float(canonical_level), area), log2))
-    top = min_level + len(features) - 1
-    level = op.Clip(level, op.CastLike(float(min_level), area), op.CastLike(float(top), area))
+
+    def const(value: float) -> ir.Value:
+        return op.Constant(value=ir.tensor(value, dtype=boxes.dtype))
+
+    ratio = op.Add(op.Div(op.Sqrt(area), const(canonical_box_size)), const(1e-8))
+    level = op.Floor(op.Add(const(canonical_level), op.Div(op.Log(ratio), const(math.log(2.0)))))
+    level = op.Clip(level, const(min_level), const(min_level + len(features) - 1))
     rois = op.Cast(boxes, to=ir.DataType.FLOAT)
     out = None
     for index, fmap in enumerate(features):
@@ -65,9 +67,9 @@ def roi_align_multilevel(
             spatial_scale=2.0 ** -(min_level + index),
             coordinate_transformation_mode="half_pixel" if aligned else "output_half_pixel",
         )  # [K, C, S, S] float32
-        here = op.Unsqueeze(op.Equal(level, op.CastLike(float(min_level + index), area)), [1, 2, 3])
-        out = op.Where(here, pooled, op.CastLike(0.0, pooled) if out is None else out)
-    out = op.CastLike(out, features[0])
+        here = op.Unsqueeze(op.Equal(level, const(min_level + index)), [1, 2, 3])
+        out = op.Where(here, pooled, op.Constant(value_float=0.0) if out is None else out)
+    out = op.Cast(out, to=features[0].dtype)
     if bin_major:
         out = op.Transpose(op.Reshape(out, op.Constant(value_ints=[0, 0, -1])), perm=[0, 2, 1])
     return out

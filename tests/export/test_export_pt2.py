@@ -23,15 +23,16 @@ def model(one_thread):
 
 @pytest.fixture(scope="module")
 def exported(model, tmp_path_factory):
+    """48x80 images, which the model resizes to 58x96 (the resize is inside the graph)."""
     path = tmp_path_factory.mktemp("pt2") / "tiny.pt2"
-    meta = diffdet.export(model, path, steps=2, batch=1)
+    meta = diffdet.export(model, path, size=(48, 80), steps=2, batch=1)
     return path, meta
 
 
 def test_loaded_program_equals_the_model_on_the_same_noise(model, exported):
     path, _ = exported
     program = torch.export.load(str(path)).module()
-    x = images(1)
+    x = images(1, 48, 80)
     with torch.no_grad():
         outputs = program(x, noise(2, 1, 12, seed=7))
     assert_equal_detections(outputs, model(list(x), steps=2, seed=7))
