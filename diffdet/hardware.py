@@ -22,10 +22,12 @@ NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 REPORTED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 """The flags :func:`cpu_info` lists."""
 
-EMULATED_BF16_SLOWDOWN = 9.5
-"""bf16 over fp32 time of a R50 detection with oneDNN held to AVX2 (emulated bf16), measured side by
-side: 9.5x on an AMD EPYC (AVX2; 800x1216, 1 step x 300 boxes: 24.4 s vs 2.57 s; #19). Measured on a
-loaded shared CPU, so a rough figure; docs/backends.md gives the runs."""
+EMULATED_BF16_SLOWDOWN = (5.2, 11.0)
+"""bf16 over fp32 time of a R50 detection (1 step x 300 boxes) where bf16 is emulated, lowest and
+highest of our measurements: 9.5x on an AMD EPYC (AVX2) at 800x1216 (24.4 s vs 2.57 s, #19); 5.2x
+(2 threads) and 11.0x (1 thread) on an Intel Xeon with oneDNN and ATen held to AVX2
+(``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2``) at 320x480, fp32 and bf16 interleaved by
+``diffdet bench``. All on loaded shared CPUs, so rough figures; docs/backends.md gives the runs."""
 
 _warned = False
 
@@ -83,10 +85,10 @@ def cpu_info() -> dict[str, object]:
 
 def bf16_emulation_message() -> str:
     """The one-line warning of :func:`warn_if_bf16_is_emulated`."""
+    low, high = EMULATED_BF16_SLOWDOWN
     return (
-        f"bf16 on this CPU ({cpu_isa()}, no AVX512-BF16/AMX) is emulated: about "
-        f"{EMULATED_BF16_SLOWDOWN:g}x slower than fp32 in our measurement; use --dtype fp32 "
-        "(dtype=torch.float32); running bf16 as asked"
+        f"bf16 on this CPU ({cpu_isa()}, no AVX512-BF16/AMX) is emulated: {low:g}-{high:g}x slower "
+        "than fp32 in our measurements (R50); use --dtype fp32 (dtype=torch.float32). Running bf16 as asked."
     )
 
 

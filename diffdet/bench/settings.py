@@ -9,8 +9,9 @@ MODES = ("fp32", "bf16", "fp16", "graph", "graph-bf16", "graph-fp16")
 """Fast-path modes: eager in a dtype, or the CUDA graph of the sampling loop ("graph" is fp32)."""
 
 BASELINES = ("reference", "published")
-"""Op backends a fast figure is compared with (``DIFFDET_BACKEND``): the plain-PyTorch references, or
-what the published code runs (torchvision's roi_align per level and batched_nms, references elsewhere)."""
+"""Backends a fast figure is compared with (run under ``diffdet.set_backend``): the plain-PyTorch
+references, or the published computation (torchvision's roi_align per level and batched_nms, references
+elsewhere, the NCHW unfolded backbone, the published Swin attention)."""
 
 RUNTIMES = ("eager", "onnxruntime", "openvino", "int8", "torch")
 """``--runtimes`` names: eager PyTorch (the fp32 mode), the exported graph in ONNX Runtime, in

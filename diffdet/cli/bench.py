@@ -77,7 +77,7 @@ def bench_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--baselines", type=lambda s: [b for b in s.split(",") if b], default=["reference"],
         help=f"op backends to compare with, among {','.join(BASELINES)} (default reference; "
-        "published: the ops the published code runs); '' for none",
+        "published: the published computation, see docs/backends.md); '' for none",
     )  # fmt: skip
     parser.add_argument(
         "--runtimes", type=lambda s: [r for r in s.split(",") if r], default=[],

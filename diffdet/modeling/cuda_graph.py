@@ -23,6 +23,7 @@ from torch import Tensor
 
 from diffdet.modeling.detector import DiffusionDet
 from diffdet.modeling.sampler import Candidates, Generators, draw_noise
+from diffdet.ops._backend import published_mode
 
 
 class CudaGraphSampler:
@@ -41,7 +42,9 @@ class CudaGraphSampler:
         warmup: eager runs on a side stream before capture (compiles and autotunes the kernels).
 
     Raises:
-        ValueError: the model is not on CUDA, or a size is invalid.
+        ValueError: the published mode is on (:func:`diffdet.set_backend`: its pooling loop and sampler
+            sync with the host, which a graph cannot capture), the model is not on CUDA, or a size is
+            invalid.
     """
 
     def __init__(
@@ -55,6 +58,11 @@ class CudaGraphSampler:
         renewal_threshold: float | None = None,
         warmup: int = 3,
     ) -> None:
+        if published_mode():
+            raise ValueError(
+                "CudaGraphSampler runs the fast path only; the published mode is on "
+                "(DIFFDET_BACKEND=published or diffdet.set_backend('published'))"
+            )
         device = model.pixel_mean.device
         if device.type != "cuda":
             raise ValueError(f"model must be on a CUDA device for CudaGraphSampler, got {device}")

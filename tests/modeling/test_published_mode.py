@@ -241,6 +241,13 @@ def test_fast_default_keeps_its_fusions_and_ensemble(r50, monkeypatch):
         assert not called
 
 
+def test_cuda_graph_sampler_refuses_the_published_mode(r50):
+    from diffdet.modeling import CudaGraphSampler
+
+    with set_backend("published"), pytest.raises(ValueError, match="published mode"):
+        CudaGraphSampler(r50, batch_size=1, padded_size=(64, 96))
+
+
 def test_set_backend_is_a_call_and_a_context_manager_that_restores(monkeypatch):
     assert diffdet.set_backend is set_backend
     monkeypatch.setenv("DIFFDET_BACKEND", "reference")
