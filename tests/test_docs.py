@@ -67,6 +67,9 @@ def diffdet_invocation(argv: list[str]) -> tuple[str, list[str], dict[str, str]]
         key, value = argv[0].split("=", 1)
         env[key] = value
         argv = argv[1:]
+    if argv and argv[0] == "srun":  # SLURM's launcher: the command follows its options
+        programs = [i for i, token in enumerate(argv) if token in ("diffdet", "python", "python3")]
+        argv = argv[programs[0] :] if programs else []
     if not argv:
         return None
     if argv[0] == "diffdet":
