@@ -11,7 +11,7 @@
 #   DIFFDET_COMMIT=<git rev-parse --short HEAD> bash benchmarks/gpu_suite.sh $OUT/suite
 # The tool copies the working tree (no .git, no ignored files) and the build happens there, for that card
 # only. Commit the files that come back (files_at/suite/*) under benchmarks/results/gpu-<card>/, e.g.
-# benchmarks/results/gpu-h200/ (README: "benchmarks/gpu_suite.sh: everything on a GPU machine").
+# benchmarks/results/gpu-h200/ (docs/gpu-suite.md).
 #
 # Stages, in order of value; each runs under its own time cap (DIFFDET_SUITE_CAP_<STAGE>=seconds) and
 # none starts when less than DIFFDET_SUITE_MIN_START (20 s) of the overall budget DIFFDET_SUITE_BUDGET
