@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
-from diffdet.errors import InputError
+from diffdet.errors import InputError, cut
 from diffdet.optional import MissingDependencyError
 
 USAGE_ERROR = 2
@@ -49,16 +49,14 @@ def one_line(message: str) -> str:
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
     if len(lines) > 1 and lines[0].startswith("Caught ") and "worker" in lines[0]:
         lines = [lines[-1].split(": ", 1)[-1]]
-    text = " ".join(lines)
-    return text if len(text) <= MESSAGE_CHARS else text[: MESSAGE_CHARS - 3] + "..."
+    return cut(" ".join(lines), MESSAGE_CHARS)
 
 
-def run_command(prog: str | Callable[[], str], command: Callable[[], int]) -> int:
+def run_command(prog: str, command: Callable[[], int]) -> int:
     """Run ``command``; on unusable input print ``PROG: error: MESSAGE`` to stderr and return 2.
 
     Args:
-        prog: the command's name for the message, or a function giving it once the error is caught
-            (``diffdet`` learns its subcommand while parsing); an :class:`OptionError` names its parser.
+        prog: the command's name for the message (an :class:`OptionError` names its own parser).
         command: the command's body; returns its exit status.
 
     Returns:
@@ -67,6 +65,5 @@ def run_command(prog: str | Callable[[], str], command: Callable[[], int]) -> in
     try:
         return command()
     except (InputError, MissingDependencyError) as err:
-        name = getattr(err, "prog", None) or (prog if isinstance(prog, str) else prog())
-        print(f"{name}: error: {one_line(str(err))}", file=sys.stderr)
+        print(f"{getattr(err, 'prog', prog)}: error: {one_line(str(err))}", file=sys.stderr)
         return USAGE_ERROR
