@@ -143,6 +143,9 @@ class TrainConfig:
         log_period: write a metrics line every N iterations.
         device: "auto" (CUDA when available), "cpu" or "cuda".
         deterministic: ask torch for deterministic algorithms (bitwise resume on CPU).
+        dist_timeout: seconds the processes of a multi-process run wait for each other, at the
+            rendezvous and in every collective, before stopping with an error (longer than the
+            slowest checkpoint write or evaluation, which the others wait for).
     """
 
     seed: int = 40244023
@@ -152,6 +155,11 @@ class TrainConfig:
     log_period: int = 20
     device: str = "auto"
     deterministic: bool = False
+    dist_timeout: float = 1800.0
+
+    def __post_init__(self) -> None:
+        if not self.dist_timeout > 0:
+            raise ValueError(f"train dist_timeout must be > 0 seconds, got {self.dist_timeout}")
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """``python -m diffdet.train --config CONFIG [key=value ...] [--resume] [--weights PATH] [--output-dir DIR]``.
 
-Single process, or DDP under ``torchrun --nproc_per_node N -m diffdet.train ...`` (NCCL on GPUs,
-gloo on CPUs). Rank 0 logs, evaluates and writes checkpoints, ``metrics.jsonl`` and the resolved
-``config.yaml`` into the output folder.
+Single process, or DDP under ``torchrun`` (one or several machines) or SLURM's ``srun`` (NCCL on
+GPUs, gloo on CPUs; docs/multinode.md). Rank 0 logs, evaluates and writes checkpoints,
+``metrics.jsonl`` and the resolved ``config.yaml`` into the output folder, which every machine must
+share.
 """
 
 from __future__ import annotations
@@ -87,11 +88,27 @@ def run(cfg: Config, resume: bool = False, weights: str | None = None) -> dict[s
     Returns:
         dict[str, float] | None: AP, AP50, ... of the last evaluation (AP50, mMR, recall, JI on
         CrowdHuman; None on other ranks or without an evaluation set).
+
+    Raises:
+        DistributedError: the processes did not all start, or one died or stopped answering, within
+            ``train.dist_timeout``.
+        ResumeMismatchError: ``resume`` with another number of processes than the checkpoint's.
     """
+    du.launch_from_env()  # under srun: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR from SLURM's variables
+    device = du.resolve_device(cfg.train.device)
+    created = du.init_distributed(device, cfg.train.dist_timeout)
+    try:
+        with du.peer_failures_as_errors(cfg.train.dist_timeout):
+            return _train(cfg, device, resume, weights)
+    finally:
+        if created:
+            du.shutdown()
+
+
+def _train(cfg: Config, device: torch.device, resume: bool, weights: str | None) -> dict[str, float] | None:
+    """:func:`run` once the process group (if any) is formed."""
     from diffdet.modeling.build import build_detector
 
-    device = du.resolve_device(cfg.train.device)
-    du.init_distributed(device)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True)
     train_set, val_set = build_datasets(cfg)
@@ -138,6 +155,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--output-dir", help="shorthand for train.output_dir=DIR")
     parser.add_argument(
+        "--dist-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="shorthand for train.dist_timeout=SECONDS: how long processes wait for each other",
+    )
+    parser.add_argument(
         "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. solver.base_lr=1e-4"
     )
 
@@ -151,17 +174,28 @@ def _config_path(name: str | None) -> str | None:
     return str(preset_path(name))
 
 
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The run's config: the file or preset of ``--config`` with the overrides and shorthands."""
+    overrides = list(args.overrides)
+    if args.output_dir:
+        overrides.append(f"train.output_dir={args.output_dir}")
+    if args.dist_timeout is not None:
+        overrides.append(f"train.dist_timeout={args.dist_timeout}")
+    return load_config(_config_path(args.config), overrides)
+
+
 def run_args(args: argparse.Namespace) -> int:
     """Train from parsed arguments; returns the exit status.
 
     Raises:
         InputError: an unusable config, dataset or weights file (the caller prints it as one line).
     """
-    overrides = list(args.overrides)
-    if args.output_dir:
-        overrides.append(f"train.output_dir={args.output_dir}")
-    cfg = load_config(_config_path(args.config), overrides)
-    metrics = run(cfg, resume=args.resume, weights=args.weights)  # InputError: diffdet.cli.failure
+    cfg = config_from_args(args)
+    try:
+        metrics = run(cfg, resume=args.resume, weights=args.weights)  # InputError: diffdet.cli.failure
+    except du.DistributedError as err:  # a peer failed: not the user's input, but no traceback helps
+        print(f"train: error: {err}", file=sys.stderr)
+        return 1
     if metrics is not None:
         name = "CrowdHuman" if "mMR" in metrics else "box AP"
         print(f"{name}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))

@@ -24,10 +24,10 @@ from diffdet.cli.options import (
     pick_device,
     positive_int,
     positive_ints,
+    warn_if_bf16_is_emulated,
 )
 from diffdet.data.build import coco_dataset
 from diffdet.errors import InputError
-from diffdet.evaluation.evaluator import run_eval
 
 if TYPE_CHECKING:  # the parser is built without importing torch (``diffdet --help`` stays fast)
     import torch
@@ -126,14 +126,34 @@ def prepare_model(args: argparse.Namespace, device: torch.device) -> DiffusionDe
     return build_detector(cfg).to(device).eval()
 
 
+def box_ap(model: DiffusionDet, args: argparse.Namespace) -> Callable[[DiffusionDet, int, int], dict]:
+    """The grid's AP measure: COCO (or LVIS) box AP of a variant of ``model`` on ``--data`` at P boxes
+    and S steps, the sampler seeded with ``--seed``.
+
+    Raises:
+        InputError: the data cannot be read, or ``model`` does not detect its categories.
+    """
+    from diffdet.cli.eval import check_categories
+    from diffdet.evaluation import build_evaluator, inference_on_dataset
+
+    dataset = coco_dataset(args.data, args.images, args.max_images)
+    check_categories(model, dataset)
+
+    def ap(variant: DiffusionDet, boxes: int, steps: int) -> dict[str, float]:
+        evaluator = build_evaluator(dataset)
+        return inference_on_dataset(variant, dataset, evaluator, num_boxes=boxes, steps=steps, seed=args.seed)
+
+    return ap
+
+
 def bench_main(args: argparse.Namespace) -> int:
     """``diffdet bench``: returns the exit status (2 with a message on unusable arguments)."""
     import torch
     from tqdm import tqdm
 
     from diffdet.bench.grid import run_grid
+    from diffdet.bench.pipeline import mode_dtype
     from diffdet.bench.report import (
-        cpu_isa,
         device_name,
         format_table,
         git_commit,
@@ -141,6 +161,7 @@ def bench_main(args: argparse.Namespace) -> int:
         plot_fps,
         write_json,
     )
+    from diffdet.hardware import cpu_isa
 
     try:
         device = pick_device(args.device)
@@ -153,6 +174,8 @@ def bench_main(args: argparse.Namespace) -> int:
             raise InputError("give --dtype or --modes, not both")
         default = ["fp32", "bf16", "graph"] if device.type == "cuda" else ["fp32", "bf16"]
         modes = [args.dtype] if args.dtype else args.modes or default
+        if any(m in MODES and mode_dtype(m) == torch.bfloat16 for m in modes):
+            warn_if_bf16_is_emulated(device, torch.bfloat16)
         grids = [
             GridSettings(
                 boxes=args.boxes,
@@ -168,10 +191,7 @@ def bench_main(args: argparse.Namespace) -> int:
             for batch in args.batch or [1]
         ]
         if args.data:
-            dataset = coco_dataset(args.data, args.images, args.max_images)
-            grids[0].ap_fn = lambda m, p, s: run_eval(
-                m, dataset, num_boxes=p, steps=s, seed=args.seed, progress=False
-            )
+            grids[0].ap_fn = box_ap(model, args)
         slug = re.sub(r"[^A-Za-z0-9]+", "-", device_name(device)).strip("-")
         name = args.name or f"e2e-{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
         calls = sum(len(g.boxes) * len(g.steps) * (1 + len(modes) * (g.ap_fn is not None)) for g in grids)

@@ -94,9 +94,11 @@ def pick_device(name: str) -> torch.device:
 
 
 def load_detector(weights: str, device: torch.device, **overrides: object) -> nn.Module:
-    """``diffdet.load(weights)`` on ``device`` in eval mode, with load errors turned into InputError."""
+    """``diffdet.load(weights)`` on ``device`` in eval mode, with load errors turned into InputError
+    (and bf16 on a CPU without bf16 arithmetic announced in one stderr line, see :mod:`diffdet.hardware`)."""
     from diffdet.checkpoint import load
 
+    warn_if_bf16_is_emulated(device, overrides.get("dtype"))
     try:
         return load(weights, device=device, **overrides)
     except (FileNotFoundError, ValueError) as err:
@@ -121,9 +123,19 @@ def inference_args(parser: argparse.ArgumentParser, several: bool = False) -> No
     parser.add_argument(
         "--dtype", choices=tuple(DTYPES), default="fp32",
         help="weights' dtype: bf16 runs backbone, FPN and head in bfloat16 (boxes, sampler and NMS "
-        "stay float32; fast on CPUs with AMX or AVX512-BF16, and on GPUs) (default fp32)",
+        "stay float32; fast on CPUs with AMX or AVX512-BF16, and on GPUs; emulated and several times "
+        "slower than fp32 on other CPUs, which a warning says) (default fp32)",
     )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def warn_if_bf16_is_emulated(device: torch.device, dtype: torch.dtype | None) -> None:
+    """One stderr line, once, when bf16 runs emulated on this CPU (see :mod:`diffdet.hardware`)."""
+    import sys
+
+    from diffdet.hardware import warn_if_bf16_is_emulated as warn
+
+    warn(device, dtype, emit=lambda message: print(f"diffdet: warning: {message}", file=sys.stderr))
 
 
 def one(value: int | list[int] | None, flag: str) -> int | None:

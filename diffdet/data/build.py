@@ -60,3 +60,18 @@ def crowdhuman_dataset(
         return CrowdHumanDetection(images, annotations, max_images=max_images, box=box)
     except (FileNotFoundError, BadAnnotationError, BadImageError) as err:
         raise InputError(str(err)) from err
+
+
+def evaluation_dataset(
+    annotations: str | Path, images: str | Path | None, max_images: int = 0, crowdhuman_box: str = "vbox"
+) -> CocoDetection:
+    """:func:`crowdhuman_dataset` for a ``.odgt`` file, else :func:`coco_dataset` (COCO or LVIS format).
+
+    Raises:
+        InputError: see those two.
+    """
+    from diffdet.data.crowdhuman import is_odgt
+
+    if is_odgt(annotations):
+        return crowdhuman_dataset(annotations, images, max_images, crowdhuman_box)
+    return coco_dataset(annotations, images, max_images)

@@ -23,6 +23,11 @@ from diffdet.errors import InputError, MissingFileError
 LAST_CHECKPOINT = "last_checkpoint"
 
 
+class ResumeMismatchError(InputError):
+    """``--resume`` cannot continue this checkpoint exactly: it was written by another number of
+    processes, batch split or seed, or the processes do not see the same output folder."""
+
+
 def capture_rng() -> dict:
     """The RNG states of this process: torch (CPU and every CUDA device), numpy and Python."""
     np_state = np.random.get_state()

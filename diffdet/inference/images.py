@@ -83,7 +83,7 @@ def run_detect(
 
     from diffdet.data.coco import read_image
     from diffdet.data.transforms import check_resizable
-    from diffdet.evaluation.evaluator import to_coco_results
+    from diffdet.evaluation.results import to_coco_results
     from diffdet.visualize import draw_detections
 
     out_dir.mkdir(parents=True, exist_ok=True)
