@@ -206,7 +206,7 @@ def resume_from_truncated(kit: Kit, tmp: Path) -> list[str]:
 
 
 T = "python -m diffdet.train"  # cases that start with a diffdet subcommand run as `diffdet ARGS`, the
-COMMANDS = ("eval", "detect", "train", "evaluate")  # others as `python -m diffdet.train ARGS`
+COMMANDS = ("eval", "detect", "train", "bench", "evaluate")  # others as `python -m diffdet.train ARGS`
 NAN, INF = float("nan"), float("inf")
 
 CASES: list[tuple[str, Callable[[Kit, Path], list[str]], str]] = [
@@ -301,6 +301,10 @@ CASES: list[tuple[str, Callable[[Kit, Path], list[str]], str]] = [
         detect(k, t))[2], "the folder is not empty; pass --overwrite"),
     ("detect --out under a file", lambda k, t: (t.joinpath("f").write_text("x"),
         detect(k, t, "--out", str(t / "f" / "out")))[1], "cannot create a folder there"),
+    ("bench --out is a file", lambda k, t: (t.joinpath("out").write_text("x"),
+        ["bench", "--out", str(t / "out"), "--weights", str(k.weights)])[1], "--out"),
+    ("bench --boxes 0", lambda k, t: ["bench", "--boxes", "0"], "argument --boxes"),
+    ("bench --size 0x5", lambda k, t: ["bench", "--size", "0x5"], "argument --size"),
     ("detect image too elongated", lambda k, t: detect(k, t, source=long_image(t / "in")),
         "long.jpg is 20x20000"),
     ("detect image not an image", lambda k, t: ((t / "in").mkdir(), (t / "in" / "x.jpg").write_text("no"),
