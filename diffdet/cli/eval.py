@@ -28,6 +28,7 @@ from diffdet.cli.options import (
     pick_device,
     positive_int,
 )
+from diffdet.cli.tta_options import tta_args, wrap_tta
 from diffdet.data.build import evaluation_dataset
 from diffdet.errors import InputError
 from diffdet.outputs import check_results_files, write_text_atomic
@@ -84,6 +85,7 @@ def eval_args(parser: argparse.ArgumentParser) -> None:
         "--crowdhuman-box", choices=("vbox", "fbox", "hbox"), default="vbox",
         help="CrowdHuman box scored: visible body (default, as the paper's Table 1), full body, or head",
     )  # fmt: skip
+    tta_args(parser)
 
 
 def class_label(model: nn.Module, class_name: str | None) -> int:
@@ -180,8 +182,15 @@ def run_eval(
 def eval_main(args: argparse.Namespace) -> int:
     """``diffdet eval``: prints the metrics table (rank 0); returns the exit status (2 on unusable input)."""
     from diffdet.data.crowdhuman import is_odgt
-    from diffdet.engine.distributed import init_distributed, local_device, shutdown
+    from diffdet.engine.distributed import (
+        init_distributed,
+        launch_from_env,
+        local_device,
+        peer_failures_as_errors,
+        shutdown,
+    )
 
+    check_results_files(args.data, {"--results": args.results, "--metrics-out": args.metrics_out})
     crowdhuman, grouped = is_odgt(args.data), False
     try:
         if args.class_name is not None and not crowdhuman:
@@ -191,17 +200,20 @@ def eval_main(args: argparse.Namespace) -> int:
         runs = settings(args, sweep=crowdhuman)
         if dataset.is_lvis:
             _require_lvis()
+        launch_from_env()  # under srun: torchrun's variables from SLURM's
         device = local_device(pick_device(args.device))
         model = load_detector(args.weights, device, dtype=dtype(args.dtype))
         dataset.check_resizable(model.cfg.min_size_test, model.cfg.max_size_test)
         label = class_label(model, args.class_name) if crowdhuman else 0
         if not crowdhuman:
             check_categories(model, dataset)
+        model = wrap_tta(model, args, len(dataset) * len(runs), progress=not args.no_progress)
         grouped = init_distributed(device, timeout_s=EVAL_DIST_TIMEOUT_S)
-        rows = run_eval(
-            model, dataset, runs, label=label, batch_size=args.batch_size, progress=not args.no_progress,
-            results_path=Path(args.results) if args.results else None,
-        )  # fmt: skip
+        with peer_failures_as_errors(EVAL_DIST_TIMEOUT_S):  # a dead peer: one line, not a hang
+            rows = run_eval(
+                model, dataset, runs, label=label, batch_size=args.batch_size,
+                progress=not args.no_progress, results_path=Path(args.results) if args.results else None,
+            )  # fmt: skip
     except InputError as err:
         print(f"diffdet eval: error: {err}", file=sys.stderr)
         return USAGE_ERROR

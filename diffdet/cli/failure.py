@@ -2,7 +2,8 @@
 
 Unusable input (:class:`~diffdet.errors.InputError` and its subclasses, a wrong option, a missing
 optional package) ends the command with one line on stderr, ``PROG: error: MESSAGE``, and exit status
-2. Any other exception is a bug: it keeps its traceback (exit status 1).
+2; a failed peer of a distributed run (``DistributedError``) with one line and exit status 1. Any other
+exception is a bug: it keeps its traceback (exit status 1).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from diffdet.errors import InputError, cut
 from diffdet.optional import MissingDependencyError
 
 USAGE_ERROR = 2
+PEER_FAILURE = 1
+"""Exit status when another process of a distributed run failed (:class:`DistributedError`)."""
 MESSAGE_CHARS = 400
 """Longest message printed; readers cut the values they quote, this is the last guard."""
 
@@ -53,17 +56,23 @@ def one_line(message: str) -> str:
 
 
 def run_command(prog: str, command: Callable[[], int]) -> int:
-    """Run ``command``; on unusable input print ``PROG: error: MESSAGE`` to stderr and return 2.
+    """Run ``command``; on unusable input print ``PROG: error: MESSAGE`` to stderr and return 2 (1 for
+    a failed peer of a distributed run).
 
     Args:
         prog: the command's name for the message (an :class:`OptionError` names its own parser).
         command: the command's body; returns its exit status.
 
     Returns:
-        int: the command's exit status, or :data:`USAGE_ERROR`.
+        int: the command's exit status, :data:`USAGE_ERROR` or :data:`PEER_FAILURE`.
     """
+    from diffdet.engine.distributed import DistributedError
+
     try:
         return command()
     except (InputError, MissingDependencyError) as err:
         print(f"{getattr(err, 'prog', prog)}: error: {one_line(str(err))}", file=sys.stderr)
         return USAGE_ERROR
+    except DistributedError as err:  # a peer died or never came: not the user's input, nor a bug here
+        print(f"{prog}: error: {one_line(str(err))}", file=sys.stderr)
+        return PEER_FAILURE

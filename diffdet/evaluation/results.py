@@ -79,7 +79,6 @@ class ResultsEvaluator(DatasetEvaluator):
         results = sort_results([r for part, _ in gathered for r in part])
         image_ids = sorted(i for _, part in gathered for i in part)
         if self.results_path is not None:
-            self.results_path.parent.mkdir(parents=True, exist_ok=True)
             self.write_results(self.results_path, results)
         return self.score(results, image_ids)
 
