@@ -190,7 +190,7 @@ def run_detect_video(
     run = VideoRun(out_dir / f"{path.stem}.mp4", out_dir / f"{path.stem}.jsonl", 0, 0)
     if run.video.resolve() == path.resolve():
         raise InputError(f"{path}: --out {out_dir} would overwrite the input video; choose another folder")
-    device = model.pixel_mean.device
+    device = model.device
     counter = [0]
     detected = 0
     last: dict | None = None  # the latest detected frame's kept detections, drawn on the frames after it

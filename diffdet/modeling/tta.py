@@ -203,12 +203,12 @@ class DiffusionDetWithTTA(nn.Module):
     ``DiffusionDetWithTTA(model)(images, **knobs)`` returns per image ``boxes`` [n, 4] xyxy
     original-image pixels, ``scores`` [n], ``labels`` [n] int64 by decreasing score, merged over the
     augmented inputs of ``config``. It exposes the model's ``class_names``, ``category_ids``,
-    ``pixel_mean`` and ``cfg``, so evaluation and detection take it in place of the model.
+    ``device`` and ``cfg``, so evaluation and detection take it in place of the model.
 
     Args:
         model: a DiffusionDet (or anything taking ``(images, resize=False, generator=..., **knobs)``
             and returning detections in input pixels, with ``cfg.min_size_test``, ``cfg.max_size_test``,
-            ``cfg.num_proposals`` and ``pixel_mean``).
+            ``cfg.num_proposals`` and ``device``).
         config: the augmentation and merge (default: the published ones).
         batch_size: augmented inputs of one shape per forward pass (an input and its flip share one).
         progress: a callback called with the number of augmented inputs after each forward pass.
@@ -243,8 +243,9 @@ class DiffusionDetWithTTA(nn.Module):
         return self.model.category_ids
 
     @property
-    def pixel_mean(self) -> Tensor:
-        return self.model.pixel_mean
+    def device(self) -> torch.device:
+        """Where the model's weights are."""
+        return self.model.device
 
     def inputs_per_image(self) -> int:
         """Augmented inputs (forward passes' worth of images) per image."""
@@ -283,7 +284,7 @@ class DiffusionDetWithTTA(nn.Module):
         for chunk in _batches_by_shape(augs, self.batch_size):
             batch = [make_input(images[augs[j].image_index], augs[j]) for j in chunk]
             if seed is not None:
-                device = self.model.pixel_mean.device
+                device = self.model.device
                 knobs["generator"] = [torch.Generator(device=device).manual_seed(int(seed)) for _ in chunk]
             elif per_image is not None:  # one generator per image: each of its inputs starts from its state
                 knobs["generator"] = [_copy_generator(per_image[augs[j].image_index]) for j in chunk]
