@@ -195,7 +195,6 @@ def eval_main(args: argparse.Namespace) -> int:
     try:
         if args.class_name is not None and not crowdhuman:
             raise InputError("--class applies to CrowdHuman (.odgt) evaluation only")
-        check_results_files(args.data, {"--results": args.results, "--metrics-out": args.metrics_out})
         dataset = evaluation_dataset(args.data, args.images, args.max_images, args.crowdhuman_box)
         runs = settings(args, sweep=crowdhuman)
         if dataset.is_lvis:
