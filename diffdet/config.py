@@ -374,11 +374,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         _set_override(data, item)
     try:
         return from_dict(Config, data)
-    except InputError:
-        raise
-    except ValueError as err:  # a value the dataclasses' own checks refuse (e.g. ModelConfig's)
-        where = f"config {path}" if path is not None else "config"
-        raise InputError(f"{where}: {err}") from err
+    except ValueError as err:  # InputError, or a value the dataclasses' own checks refuse (ModelConfig's)
+        if path is None and isinstance(err, InputError):
+            raise
+        raise InputError(f"config {path}: {err}" if path is not None else f"config: {err}") from err
 
 
 def dump_config(cfg: Config, path: str | Path) -> None:

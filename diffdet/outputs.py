@@ -93,7 +93,7 @@ def check_results_files(source: str | os.PathLike, outputs: dict[str, str | None
 
 
 @contextlib.contextmanager
-def staged_output_dir(out: Path) -> Iterator[Path]:
+def staged_output_dir(out: Path, flag: str = "--out") -> Iterator[Path]:
     """A temporary folder beside ``out`` to write into; on success it replaces ``out``.
 
     On an exception the temporary folder is removed and ``out`` is left as it was. The swap renames
@@ -102,12 +102,19 @@ def staged_output_dir(out: Path) -> Iterator[Path]:
 
     Args:
         out: the final output folder (its parent is created).
+        flag: the option's name for the message.
 
     Yields:
         Path: the folder to write the outputs into.
+
+    Raises:
+        InputError: the folder beside ``out`` cannot be created.
     """
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
+    except OSError as err:
+        raise InputError(f"{flag} {out}: cannot create a folder there ({err.strerror})") from err
     try:
         yield staging
     except BaseException:

@@ -206,7 +206,7 @@ def resume_from_truncated(kit: Kit, tmp: Path) -> list[str]:
 
 
 T = "python -m diffdet.train"  # cases that start with a diffdet subcommand run as `diffdet ARGS`, the
-COMMANDS = ("eval", "detect", "train", "evaluate")  # others as `python -m diffdet.train ARGS`
+COMMANDS = ("eval", "detect", "train", "bench", "evaluate")  # others as `python -m diffdet.train ARGS`
 NAN, INF = float("nan"), float("inf")
 
 CASES: list[tuple[str, Callable[[Kit, Path], list[str]], str]] = [
@@ -256,6 +256,8 @@ CASES: list[tuple[str, Callable[[Kit, Path], list[str]], str]] = [
         "instances.json: not valid JSON"),
     ("coco image too elongated", lambda k, t: eval_coco(k, write_coco(t, k, lambda d: d["images"][0]
         .update(height=20, width=20000))), "a.jpg (image id 1 of"),
+    ("coco --images is a file", lambda k, t: eval_coco(k, write_coco(t, k), images=t / "instances.json"),
+        "instances.json does not exist or is not a folder"),
     ("coco missing file", lambda k, t: eval_coco(k, t / "nope.json"), "nope.json does not exist"),
     # LVIS
     ("lvis NaN box", lambda k, t: eval_coco(k, write_lvis(t, k, lambda d: d["annotations"][0]["bbox"]
@@ -297,6 +299,12 @@ CASES: list[tuple[str, Callable[[Kit, Path], list[str]], str]] = [
         source=k.images / "a.jpg"), "is (or is inside) the input folder"),
     ("detect --out not empty", lambda k, t: ((t / "out").mkdir(), (t / "out" / "x.txt").write_text("x"),
         detect(k, t))[2], "the folder is not empty; pass --overwrite"),
+    ("detect --out under a file", lambda k, t: (t.joinpath("f").write_text("x"),
+        detect(k, t, "--out", str(t / "f" / "out")))[1], "cannot create a folder there"),
+    ("bench --out is a file", lambda k, t: (t.joinpath("out").write_text("x"),
+        ["bench", "--out", str(t / "out"), "--weights", str(k.weights)])[1], "--out"),
+    ("bench --boxes 0", lambda k, t: ["bench", "--boxes", "0"], "argument --boxes"),
+    ("bench --size 0x5", lambda k, t: ["bench", "--size", "0x5"], "argument --size"),
     ("detect image too elongated", lambda k, t: detect(k, t, source=long_image(t / "in")),
         "long.jpg is 20x20000"),
     ("detect image not an image", lambda k, t: ((t / "in").mkdir(), (t / "in" / "x.jpg").write_text("no"),
@@ -309,6 +317,8 @@ CASES: list[tuple[str, Callable[[Kit, Path], list[str]], str]] = [
         ["--config", str(t / "c.yaml")])[1], "c.yaml must hold a mapping"),
     (T + " config not utf-8", lambda k, t: (t.joinpath("c.yaml").write_bytes(b"model: \xff\n"),
         ["--config", str(t / "c.yaml")])[1], "c.yaml: not UTF-8"),
+    (T + " config unknown key", lambda k, t: (t.joinpath("c.yaml").write_text("solver:\n  lr: 1\n"),
+        ["--config", str(t / "c.yaml")])[1], "c.yaml: unknown config key 'solver.lr'"),
     (T + " unknown preset", lambda k, t: ["--config", "coco_r42"], "unknown preset 'coco_r42'"),
     (T + " max_iter=abc", lambda k, t: training(k, t, None, "solver.max_iter=abc"),
         "config key 'solver.max_iter' must be an integer, got 'abc'"),

@@ -79,17 +79,15 @@ def main(argv: list[str] | None = None) -> int:
     from diffdet.cli.failure import run_command
 
     parser = build_parser()
-    args = None
 
     def parse_and_run() -> int:
-        nonlocal args
         args = parser.parse_args(argv)
         if args.command is None:
             parser.print_help()
             return 0
-        return SUBCOMMANDS[args.command][2](args)
+        return run_command(f"diffdet {args.command}", lambda: SUBCOMMANDS[args.command][2](args))
 
-    return run_command(lambda: "diffdet" if args is None else f"diffdet {args.command}", parse_and_run)
+    return run_command(parser.prog, parse_and_run)
 
 
 if __name__ == "__main__":

@@ -170,6 +170,8 @@ def bench_main(args: argparse.Namespace) -> int:
     from diffdet.hardware import cpu_isa
 
     try:
+        if Path(args.out).exists() and not Path(args.out).is_dir():  # found now, not after the measurements
+            raise InputError(f"--out {args.out}: is a file, not a folder")
         device = pick_device(args.device)
         if args.threads:
             torch.set_num_threads(args.threads)

@@ -14,12 +14,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from diffdet.cli.options import (
-    USAGE_ERROR,
     dtype,
     inference_args,
     knobs,
@@ -213,10 +211,7 @@ def eval_main(args: argparse.Namespace) -> int:
                 model, dataset, runs, label=label, batch_size=args.batch_size,
                 progress=not args.no_progress, results_path=Path(args.results) if args.results else None,
             )  # fmt: skip
-    except InputError as err:
-        print(f"diffdet eval: error: {err}", file=sys.stderr)
-        return USAGE_ERROR
-    finally:
+    finally:  # InputError: one line and exit status 2 in diffdet.cli.failure
         if grouped:
             shutdown()
     if rows is None:  # not rank 0

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
-from diffdet.errors import InputError
+from diffdet.errors import InputError, cut
 from diffdet.optional import MissingDependencyError
 
 USAGE_ERROR = 2
@@ -52,30 +52,27 @@ def one_line(message: str) -> str:
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
     if len(lines) > 1 and lines[0].startswith("Caught ") and "worker" in lines[0]:
         lines = [lines[-1].split(": ", 1)[-1]]
-    text = " ".join(lines)
-    return text if len(text) <= MESSAGE_CHARS else text[: MESSAGE_CHARS - 3] + "..."
+    return cut(" ".join(lines), MESSAGE_CHARS)
 
 
-def run_command(prog: str | Callable[[], str], command: Callable[[], int]) -> int:
-    """Run ``command``; on unusable input print ``PROG: error: MESSAGE`` to stderr and return 2.
+def run_command(prog: str, command: Callable[[], int]) -> int:
+    """Run ``command``; on unusable input print ``PROG: error: MESSAGE`` to stderr and return 2 (1 for
+    a failed peer of a distributed run).
 
     Args:
-        prog: the command's name for the message, or a function giving it once the error is caught
-            (``diffdet`` learns its subcommand while parsing); an :class:`OptionError` names its parser.
+        prog: the command's name for the message (an :class:`OptionError` names its own parser).
         command: the command's body; returns its exit status.
 
     Returns:
-        int: the command's exit status, or :data:`USAGE_ERROR`.
+        int: the command's exit status, :data:`USAGE_ERROR` or :data:`PEER_FAILURE`.
     """
     from diffdet.engine.distributed import DistributedError
 
     try:
         return command()
     except (InputError, MissingDependencyError) as err:
-        name = getattr(err, "prog", None) or (prog if isinstance(prog, str) else prog())
-        print(f"{name}: error: {one_line(str(err))}", file=sys.stderr)
+        print(f"{getattr(err, 'prog', prog)}: error: {one_line(str(err))}", file=sys.stderr)
         return USAGE_ERROR
     except DistributedError as err:  # a peer died or never came: not the user's input, nor a bug here
-        name = prog if isinstance(prog, str) else prog()
-        print(f"{name}: error: {one_line(str(err))}", file=sys.stderr)
+        print(f"{prog}: error: {one_line(str(err))}", file=sys.stderr)
         return PEER_FAILURE

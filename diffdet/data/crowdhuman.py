@@ -116,19 +116,19 @@ def _image_name(record: object, where: str) -> str:
     return name
 
 
-def _lines(path: str) -> Iterator[tuple[str, str]]:
-    """``(where, text)`` of each non-blank line: ``where`` is ``path:line``."""
+def _lines(path: str) -> Iterator[tuple[int, str]]:
+    """``(number, text)`` of each non-blank line, numbered from 1; each line is decoded on its own, so
+    that a byte that is not UTF-8 is reported with its line."""
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
-            where = f"{path}:{number}"
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as err:
                 raise BadAnnotationError(
-                    f"{where}: not UTF-8 text (byte {err.start + 1} of the line)"
+                    f"{path}:{number}: not UTF-8 text (byte {err.start + 1} of the line)"
                 ) from err
             if text.strip():
-                yield where, text
+                yield number, text
 
 
 def read_odgt(path: str | os.PathLike, box: str = "vbox") -> list[OdgtEntry]:
@@ -154,7 +154,8 @@ def read_odgt(path: str | os.PathLike, box: str = "vbox") -> list[OdgtEntry]:
     if not os.path.isfile(path):
         raise MissingFileError(f"annotation file not found: {path}")
     entries, seen = [], {}
-    for where, text in _lines(path):
+    for number, text in _lines(path):
+        where = f"{path}:{number}"
         try:
             record = json.loads(text)
         except (json.JSONDecodeError, RecursionError) as err:
@@ -164,7 +165,7 @@ def read_odgt(path: str | os.PathLike, box: str = "vbox") -> list[OdgtEntry]:
             raise BadAnnotationError(f"{where}: 'gtboxes' must be a list, got {shown(record['gtboxes'])}")
         if name in seen:
             raise BadAnnotationError(f"{where}: ID {shown(name)} already on line {seen[name]}")
-        seen[name] = int(where.rsplit(":", 1)[1])
+        seen[name] = number
         persons, ignored = [], []
         for entry in record.get("gtboxes", []):
             if not isinstance(entry, dict):

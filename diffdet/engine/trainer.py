@@ -38,6 +38,7 @@ from diffdet.engine.state import (
     restore_rng,
     write_checkpoint,
 )
+from diffdet.errors import InputError
 from diffdet.evaluation import build_evaluator, inference_on_dataset
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -77,7 +78,7 @@ class Trainer:
         self.world_size, self.rank = du.get_world_size(), du.get_rank()
         per_step = self.world_size * solver.grad_accum
         if solver.ims_per_batch % per_step:
-            raise ValueError(
+            raise InputError(
                 f"solver.ims_per_batch ({solver.ims_per_batch}) must be divisible by world_size × grad_accum "
                 f"({self.world_size} × {solver.grad_accum})"
             )
@@ -143,7 +144,7 @@ class Trainer:
         Raises:
             ResumeMismatchError: the checkpoint was written by another number of processes, seed or
                 batch split, or the processes see different checkpoints (an output folder that is
-                not shared between the machines).
+                not shared between the machines), or holds no EMA weights for a run with solver.ema.
         """
         path = last_checkpoint(self.output_dir)
         seen = du.all_gather_objects(None if path is None else path.name)
@@ -175,7 +176,9 @@ class Trainer:
         self.scaler.load_state_dict(payload["scaler"])
         if self.ema is not None:
             if payload["ema"] is None:
-                raise ValueError(f"cannot resume {path} with solver.ema=true: it holds no EMA weights")
+                raise ResumeMismatchError(
+                    f"cannot resume {path} with solver.ema=true: it holds no EMA weights"
+                )
             self.ema.load_state_dict(payload["ema"])
         self.iteration = int(payload["iteration"])
         restore_rng(payload["rng"][self.rank])
