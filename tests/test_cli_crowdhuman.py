@@ -164,7 +164,8 @@ def test_eval_errors_are_one_line_and_name_the_input(coco128_odgt, coco_weights,
     assert len(stderr.strip().splitlines()) == 1
 
     coco = coco128_odgt["images"].parent / "instances.json"
-    coco.write_text(json.dumps({"images": [], "annotations": [], "categories": [{"id": 1}]}))
+    image = {"id": 1, "file_name": "a.jpg", "height": 8, "width": 8}
+    coco.write_text(json.dumps({"images": [image], "annotations": [], "categories": [{"id": 1}]}))
     status, _, stderr = run_cli(
         "eval", "--data", str(coco), "--weights", str(person_weights), "--class", "person"
     )

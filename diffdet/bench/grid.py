@@ -1,7 +1,9 @@
 """The (num_boxes x steps) grid: FPS of every fast mode beside baseline op backends, and optional AP.
 
-At each grid point the baselines (fp32, eager; ``DIFFDET_BACKEND=reference``: the plain-PyTorch ops;
-``published``: the ops the published code runs) and then every fast mode run back to back, so each
+At each grid point the baselines (fp32, eager; ``set_backend("reference")``: the plain-PyTorch ops;
+``set_backend("published")``: the published computation, its ops, NCHW unfolded backbone and Swin
+attention, see :func:`diffdet.set_backend`) and then every fast mode (``set_backend("auto")``, whatever
+``DIFFDET_BACKEND`` says) run back to back, so each
 fast figure comes with its speed ratio to each baseline measured side by side, and with how far its
 detections are from the baseline's (same images, same noise). The baselines run a copy of the model
 whose backbone runs as the published code's does (:func:`published_copy`: NCHW, FrozenBN unfolded);
@@ -23,13 +25,13 @@ from diffdet.bench.pipeline import (
     folded_copy,
     graph_runner,
     mode_dtype,
-    op_backend,
     published_copy,
     staged_detect,
 )
 from diffdet.bench.settings import PUBLISHED, GridSettings
 from diffdet.bench.timing import Clock, percentile, summarize
 from diffdet.modeling.detector import DiffusionDet
+from diffdet.ops._backend import AUTO, set_backend
 
 
 def synthetic_images(batch: int, size: tuple[int, int], seed: int, device: torch.device) -> list[Tensor]:
@@ -52,19 +54,19 @@ def _eager(
     model: DiffusionDet, images: list[Tensor], p: int, s: int, seed: int, clock: Clock, backend: str | None
 ) -> Run:
     def run() -> tuple[list[dict[str, Tensor]], dict[str, float]]:
-        with op_backend(backend):
+        with set_backend(backend or AUTO):
             return staged_detect(model, images, num_boxes=p, steps=s, seed=seed, clock=clock)
 
     return run
 
 
 def _graph(model: DiffusionDet, images: list[Tensor], p: int, s: int, seed: int, clock: Clock) -> Run:
-    with op_backend(None):
+    with set_backend(AUTO):
         replay = graph_runner(model, images, num_boxes=p, steps=s, seed=seed)
 
     def run() -> tuple[list[dict[str, Tensor]], dict[str, float]]:
         start = clock.mark()
-        with op_backend(None):
+        with set_backend(AUTO):
             detections = replay()
         end = clock.mark()
         clock.sync()

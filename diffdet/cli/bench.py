@@ -16,7 +16,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from diffdet.bench.settings import BASELINES, DEFAULT_BOXES, DEFAULT_STEPS, MODES, GridSettings
-from diffdet.cli.options import USAGE_ERROR, image_size, ints, load_detector, pick_device
+from diffdet.cli.options import (
+    USAGE_ERROR,
+    image_size,
+    load_detector,
+    non_negative_int,
+    pick_device,
+    positive_int,
+    positive_ints,
+    warn_if_bf16_is_emulated,
+)
 from diffdet.data.build import coco_dataset
 from diffdet.errors import InputError
 
@@ -49,10 +58,13 @@ def bench_args(parser: argparse.ArgumentParser) -> None:
         "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. model.backbone=R18"
     )
     parser.add_argument(
-        "--boxes", type=ints, default=list(DEFAULT_BOXES), help="num_boxes grid (default %(default)s)"
+        "--boxes",
+        type=positive_ints,
+        default=list(DEFAULT_BOXES),
+        help="num_boxes grid (default %(default)s)",
     )
     parser.add_argument(
-        "--steps", type=ints, default=list(DEFAULT_STEPS), help="steps grid (default %(default)s)"
+        "--steps", type=positive_ints, default=list(DEFAULT_STEPS), help="steps grid (default %(default)s)"
     )
     parser.add_argument(
         "--modes", type=lambda s: s.split(","), default=None,
@@ -68,21 +80,27 @@ def bench_args(parser: argparse.ArgumentParser) -> None:
         "published: the ops the published code runs); '' for none",
     )  # fmt: skip
     parser.add_argument(
-        "--batch", type=ints, default=[1], help="images per call; a list measures each (e.g. 1,4)"
+        "--batch", type=positive_ints, default=[1], help="images per call; a list measures each (e.g. 1,4)"
     )
     parser.add_argument(
         "--size", type=image_size, default=(800, 1333), help="input HxW; also the test resize (800x1333)"
     )
-    parser.add_argument("--warmup", type=int, default=3, help="untimed calls per point (default 3)")
-    parser.add_argument("--iters", type=int, default=10, help="timed calls per point (default 10)")
+    parser.add_argument(
+        "--warmup", type=non_negative_int, default=3, help="untimed calls per point (default 3)"
+    )
+    parser.add_argument("--iters", type=positive_int, default=10, help="timed calls per point (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the images and the sampler's noise")
     parser.add_argument(
         "--device", default="auto", help="cpu, cuda, cuda:1... (default: cuda when available)"
     )
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    parser.add_argument(
+        "--threads", type=non_negative_int, default=0, help="CPU threads for torch (0: torch's default)"
+    )
     parser.add_argument("--data", metavar="JSON", help="COCO instances JSON: also measure AP at every point")
     parser.add_argument("--images", help="image folder of --data (default: COCO layout beside the JSON)")
-    parser.add_argument("--max-images", type=int, default=0, help="AP on the first N images only (0: all)")
+    parser.add_argument(
+        "--max-images", type=non_negative_int, default=0, help="AP on the first N images only (0: all)"
+    )
     parser.add_argument("--out", default="benchmarks/results", help="output folder (default %(default)s)")
     parser.add_argument("--name", default=None, help="file stem of the outputs (default e2e-DEVICE-TIME)")
 
@@ -134,8 +152,8 @@ def bench_main(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from diffdet.bench.grid import run_grid
+    from diffdet.bench.pipeline import mode_dtype
     from diffdet.bench.report import (
-        cpu_isa,
         device_name,
         format_table,
         git_commit,
@@ -143,6 +161,7 @@ def bench_main(args: argparse.Namespace) -> int:
         plot_fps,
         write_json,
     )
+    from diffdet.hardware import cpu_isa
 
     try:
         device = pick_device(args.device)
@@ -155,6 +174,8 @@ def bench_main(args: argparse.Namespace) -> int:
             raise InputError("give --dtype or --modes, not both")
         default = ["fp32", "bf16", "graph"] if device.type == "cuda" else ["fp32", "bf16"]
         modes = [args.dtype] if args.dtype else args.modes or default
+        if any(m in MODES and mode_dtype(m) == torch.bfloat16 for m in modes):
+            warn_if_bf16_is_emulated(device, torch.bfloat16)
         grids = [
             GridSettings(
                 boxes=args.boxes,

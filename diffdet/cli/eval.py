@@ -18,15 +18,28 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from diffdet.cli.options import USAGE_ERROR, dtype, inference_args, knobs, load_detector, pick_device
+from diffdet.cli.options import (
+    USAGE_ERROR,
+    dtype,
+    inference_args,
+    knobs,
+    load_detector,
+    non_negative_int,
+    pick_device,
+    positive_int,
+)
+from diffdet.cli.tta_options import tta_args, wrap_tta
 from diffdet.data.build import evaluation_dataset
 from diffdet.errors import InputError
+from diffdet.outputs import check_results_files, write_text_atomic
 
 if TYPE_CHECKING:  # torch loads on first use, so ``diffdet --help`` stays fast
     from torch import nn
 
     from diffdet.data.coco import CocoDetection
 
+EVAL_DIST_TIMEOUT_S = 1800.0
+"""Seconds a sharded evaluation's processes wait for each other (torchrun's default collective timeout)."""
 COLUMNS = ("boxes", "steps", "AP50", "mMR", "recall", "JI")
 
 
@@ -56,8 +69,10 @@ def eval_args(parser: argparse.ArgumentParser) -> None:
         "--images", default=None, help="image folder (default: COCO layout, or Images/ beside a .odgt file)"
     )
     inference_args(parser, several=True)
-    parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
-    parser.add_argument("--max-images", type=int, default=0, help="evaluate the first N images only (0: all)")
+    parser.add_argument("--batch-size", type=positive_int, default=1, help="images per forward pass")
+    parser.add_argument(
+        "--max-images", type=non_negative_int, default=0, help="evaluate the first N images only (0: all)"
+    )
     parser.add_argument(
         "--results", help="also write the detections here (COCO results, or CrowdHuman odgt lines)"
     )
@@ -70,6 +85,7 @@ def eval_args(parser: argparse.ArgumentParser) -> None:
         "--crowdhuman-box", choices=("vbox", "fbox", "hbox"), default="vbox",
         help="CrowdHuman box scored: visible body (default, as the paper's Table 1), full body, or head",
     )  # fmt: skip
+    tta_args(parser)
 
 
 def class_label(model: nn.Module, class_name: str | None) -> int:
@@ -165,11 +181,10 @@ def run_eval(
 
 def eval_main(args: argparse.Namespace) -> int:
     """``diffdet eval``: prints the metrics table (rank 0); returns the exit status (2 on unusable input)."""
-    import torch.distributed as dist
-
     from diffdet.data.crowdhuman import is_odgt
-    from diffdet.engine.distributed import local_device, process_group_from_env
+    from diffdet.engine.distributed import init_distributed, local_device, shutdown
 
+    check_results_files(args.data, {"--results": args.results, "--metrics-out": args.metrics_out})
     crowdhuman, grouped = is_odgt(args.data), False
     try:
         if args.class_name is not None and not crowdhuman:
@@ -180,10 +195,12 @@ def eval_main(args: argparse.Namespace) -> int:
             _require_lvis()
         device = local_device(pick_device(args.device))
         model = load_detector(args.weights, device, dtype=dtype(args.dtype))
+        dataset.check_resizable(model.cfg.min_size_test, model.cfg.max_size_test)
         label = class_label(model, args.class_name) if crowdhuman else 0
         if not crowdhuman:
             check_categories(model, dataset)
-        grouped = process_group_from_env(device)
+        model = wrap_tta(model, args, len(dataset) * len(runs), progress=not args.no_progress)
+        grouped = init_distributed(device, timeout_s=EVAL_DIST_TIMEOUT_S)
         rows = run_eval(
             model, dataset, runs, label=label, batch_size=args.batch_size, progress=not args.no_progress,
             results_path=Path(args.results) if args.results else None,
@@ -193,7 +210,7 @@ def eval_main(args: argparse.Namespace) -> int:
         return USAGE_ERROR
     finally:
         if grouped:
-            dist.destroy_process_group()
+            shutdown()
     if rows is None:  # not rank 0
         return 0
     if crowdhuman:
@@ -208,8 +225,7 @@ def eval_main(args: argparse.Namespace) -> int:
         print(f"{'LVIS' if dataset.is_lvis else 'COCO'} box AP over {len(dataset)} image(s) of {args.data}:")
         print(format_metrics(report))
     if args.metrics_out:
-        Path(args.metrics_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.metrics_out).write_text(json.dumps(report, indent=2))
+        write_text_atomic(args.metrics_out, json.dumps(report, indent=2))
     return 0
 
 

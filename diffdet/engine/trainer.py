@@ -30,6 +30,7 @@ from diffdet.engine.ema import ModelEMA
 from diffdet.engine.metrics import MetricsLog, Progress
 from diffdet.engine.optim import build_optimizer, build_scheduler
 from diffdet.engine.state import (
+    ResumeMismatchError,
     capture_rng,
     checkpoint_name,
     last_checkpoint,
@@ -136,19 +137,38 @@ class Trainer:
         return path
 
     def resume(self) -> bool:
-        """Load the newest checkpoint in the output folder, if any; returns whether one was loaded.
+        """Load the newest checkpoint in the output folder, if any; returns whether one was loaded
+        (collective: every process must call it).
 
         Raises:
-            ValueError: the checkpoint was written with another seed, world size or batch split.
+            ResumeMismatchError: the checkpoint was written by another number of processes, seed or
+                batch split, or the processes see different checkpoints (an output folder that is
+                not shared between the machines).
         """
         path = last_checkpoint(self.output_dir)
+        seen = du.all_gather_objects(None if path is None else path.name)
+        if len(set(seen)) > 1:
+            other = next(r for r, name in enumerate(seen) if name != seen[0])
+            raise ResumeMismatchError(
+                f"cannot resume: in {self.output_dir} rank 0 finds checkpoint {seen[0] or 'none'} but rank "
+                f"{other} finds {seen[other] or 'none'}; train.output_dir must be one folder shared by every "
+                "machine"
+            )
         if path is None:
             return False
         payload = read_checkpoint(path)
         data = payload["data"]
         expected = self._data_state()
+        if data.get("world_size") != self.world_size:
+            raise ResumeMismatchError(
+                f"cannot resume {path}: it was written by {data.get('world_size')} processes and this run "
+                f"has {self.world_size}; resume with {data.get('world_size')} processes (the data order "
+                "and the per-process random streams depend on the number)"
+            )
         if data != expected:
-            raise ValueError(f"cannot resume {path}: it was written with {data}, this run has {expected}")
+            raise ResumeMismatchError(
+                f"cannot resume {path}: it was written with {data}, this run has {expected}"
+            )
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from diffdet.evaluation.results import ResultsEvaluator
+from diffdet.outputs import write_text_atomic
 
 if TYPE_CHECKING:
     from diffdet.data.crowdhuman import CrowdHumanDetection
@@ -376,10 +377,11 @@ def write_toolkit_results(path: Path, results: list[dict], dataset: CrowdHumanDe
     boxes: dict[int, list[dict]] = {}
     for r in results:
         boxes.setdefault(int(r["image_id"]), []).append({"box": r["bbox"], "score": r["score"], "tag": 1})
-    with open(path, "w") as f:
-        for record in dataset.records:
-            line = {"ID": record.name, "height": record.height, "width": record.width}
-            f.write(json.dumps({**line, "dtboxes": boxes.get(record.image_id, [])}) + "\n")
+    lines = [
+        json.dumps({"ID": r.name, "height": r.height, "width": r.width, "dtboxes": boxes.get(r.image_id, [])})
+        for r in dataset.records
+    ]
+    write_text_atomic(path, "".join(line + "\n" for line in lines))
 
 
 class CrowdHumanEvaluator(ResultsEvaluator):

@@ -14,6 +14,7 @@ import torch
 
 from diffdet.engine.distributed import gather_objects
 from diffdet.evaluation.evaluator import DatasetEvaluator
+from diffdet.outputs import write_text_atomic
 
 
 def to_coco_results(image_id: int, output: dict, category_ids: list[int]) -> list[dict]:
@@ -78,13 +79,12 @@ class ResultsEvaluator(DatasetEvaluator):
         results = sort_results([r for part, _ in gathered for r in part])
         image_ids = sorted(i for _, part in gathered for i in part)
         if self.results_path is not None:
-            self.results_path.parent.mkdir(parents=True, exist_ok=True)
             self.write_results(self.results_path, results)
         return self.score(results, image_ids)
 
     def write_results(self, path: Path, results: list[dict]) -> None:
         """Write the results as a COCO results JSON file."""
-        path.write_text(json.dumps(results))
+        write_text_atomic(path, json.dumps(results))
 
     def score(self, results: list[dict], image_ids: list[int]) -> dict[str, float]:
         """The metrics of ``results`` (every process's, sorted) over the images ``image_ids``."""

@@ -33,6 +33,7 @@ from diffdet.modeling.sampler import (
     nms_per_image,
 )
 from diffdet.modeling.targets import prepare_targets
+from diffdet.ops._backend import published_mode
 
 
 class DiffusionDet(nn.Module):
@@ -106,7 +107,8 @@ class DiffusionDet(nn.Module):
         convolution's residual add and ReLU as oneDNN post-ops. Enabling also computes the folded
         weights now. Parameters, buffers and the state_dict keep the reference layout either way, so
         checkpoints save and load as usual. Off: the published code's ops (NCHW, unfolded norms).
-        A Swin trunk has no FrozenBatchNorm to fold; its FPN still runs channels-last.
+        A Swin trunk has no FrozenBatchNorm to fold; its FPN still runs channels-last. The published
+        mode (:func:`diffdet.set_backend`) runs as if off, whatever this says.
         """
         self.inference_fusion = enabled
         set_inference_folding(self.backbone, enabled)
@@ -118,10 +120,10 @@ class DiffusionDet(nn.Module):
         Outside training (and with the inference fusions on, see :meth:`fuse_for_inference`) the
         images are made channels-last once here, so the backbone and FPN run channels-last end to end
         and the maps come out in the layout every head stage of every step pools fastest (NCHW maps
-        would be copied per call). Training keeps NCHW, where the pooler's backward returns NCHW
-        gradients.
+        would be copied per call). Training and the published mode keep NCHW (the pooler's backward
+        returns NCHW gradients; the published code runs NCHW).
         """
-        if self.training or not self.inference_fusion:
+        if self.training or not self.inference_fusion or published_mode():
             return list(self.backbone(images).values())
         maps = self.backbone(images.contiguous(memory_format=torch.channels_last)).values()
         return [m.contiguous(memory_format=torch.channels_last) for m in maps]  # a no-op unless a map was not
@@ -155,7 +157,7 @@ class DiffusionDet(nn.Module):
         max_detections: int | None = None,
         seed: int | None = None,
         generator: Generators = None,
-        ensemble: str = "all",
+        ensemble: str | None = None,
         init_boxes: Tensor | None = None,
         return_intermediates: bool = False,
     ):
@@ -179,6 +181,7 @@ class DiffusionDet(nn.Module):
                 batch-1 run); the device's global generator when None and no seed.
             ensemble: "all" (fast, every step ensembled, per-image renewal) or "reference" (the
                 published sampler, its random draws and ensemble; batches with S > 1 run image by image).
+                None: "reference" in the published mode (:func:`diffdet.set_backend`), else "all".
             init_boxes (Tensor[B, P, 4]): starting boxes in diffusion space instead of the first draw.
             return_intermediates: also return, per step, the head input and every stage's output.
 
@@ -250,11 +253,13 @@ class DiffusionDet(nn.Module):
         max_detections: int | None = None,
         seed: int | None = None,
         generator: Generators = None,
-        ensemble: str = "all",
+        ensemble: str | None = None,
         init_boxes: Tensor | None = None,
         return_intermediates: bool = False,
     ):
         """Inference whatever the train/eval mode; arguments and results as :meth:`forward` in eval."""
+        if ensemble is None:
+            ensemble = "reference" if published_mode() else "all"
         num_boxes, steps, renewal_threshold, nms_iou = self.resolve_knobs(
             num_boxes, steps, renewal_threshold, nms_iou, max_detections, ensemble
         )
