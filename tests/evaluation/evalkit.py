@@ -59,7 +59,7 @@ class StubDetector(torch.nn.Module):
         super().__init__()
         self.records = {_key(dataset[i]["image"]): dataset.records[i] for i in range(len(dataset))}
         self.category_ids, self.class_names = list(dataset.category_ids), list(dataset.class_names)
-        self.cfg = SimpleNamespace(num_proposals=7, sample_steps=1)
+        self.cfg = SimpleNamespace(num_proposals=7, sample_steps=1, min_size_test=800, max_size_test=1333)
 
     def forward(self, images: list[torch.Tensor], generator=None, **knobs) -> list[dict[str, torch.Tensor]]:
         outputs = []

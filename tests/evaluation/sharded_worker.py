@@ -12,15 +12,14 @@ import json
 import sys
 
 import torch
-import torch.distributed as dist
 from evalkit import use_stub_detector
 
 from diffdet.cli import main
-from diffdet.engine.distributed import process_group_from_env
+from diffdet.engine.distributed import init_distributed, shutdown
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    assert process_group_from_env(torch.device("cpu"))
+    assert init_distributed(torch.device("cpu"), timeout_s=300)
     stubbed = False
     for run in json.loads(sys.argv[1]):
         if run["stub"] and not stubbed:
@@ -30,4 +29,4 @@ if __name__ == "__main__":
         status = main(run["argv"])
         if status:
             sys.exit(status)
-    dist.destroy_process_group()
+    shutdown()
