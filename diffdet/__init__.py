@@ -2,8 +2,9 @@
 
 Object detection as a denoising diffusion process from random boxes to object boxes, with custom
 C++/CUDA (RoIAlign, NMS) and Triton (dynamic conv, DDIM + box renewal) kernels under a thin PyTorch
-model. ``diffdet.load(path_or_preset)`` returns a ready detector; ``diffdet.set_backend("published")``
-(or ``DIFFDET_BACKEND=published``) runs the published DiffusionDet computation instead of the fast one
+model. ``diffdet.load(path_or_preset)`` returns a ready detector; ``diffdet.export(model, path)``
+writes it as an ONNX or torch.export graph; ``diffdet.set_backend("published")`` (or
+``DIFFDET_BACKEND=published``) runs the published DiffusionDet computation instead of the fast one
 (see docs/backends.md).
 """
 
@@ -22,4 +23,8 @@ def __getattr__(name: str):
         from diffdet.ops._backend import set_backend
 
         return set_backend
+    if name == "export":  # the package diffdet.export, callable as diffdet.export(model, path, ...)
+        import diffdet.export
+
+        return diffdet.export
     raise AttributeError(f"module 'diffdet' has no attribute {name!r}")

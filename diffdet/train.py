@@ -191,11 +191,8 @@ def run_args(args: argparse.Namespace) -> int:
         InputError: an unusable config, dataset or weights file (the caller prints it as one line).
     """
     cfg = config_from_args(args)
-    try:
-        metrics = run(cfg, resume=args.resume, weights=args.weights)  # InputError: diffdet.cli.failure
-    except du.DistributedError as err:  # a peer failed: not the user's input, but no traceback helps
-        print(f"train: error: {err}", file=sys.stderr)
-        return 1
+    # InputError and DistributedError become one line in diffdet.cli.failure
+    metrics = run(cfg, resume=args.resume, weights=args.weights)
     if metrics is not None:
         name = "CrowdHuman" if "mMR" in metrics else "box AP"
         print(f"{name}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))

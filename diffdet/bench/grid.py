@@ -14,7 +14,9 @@ fp32 mode (``vs_fp32``: the share of fp32 detections it finds at IoU 0.9 with th
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -28,6 +30,7 @@ from diffdet.bench.pipeline import (
     published_copy,
     staged_detect,
 )
+from diffdet.bench.runtimes import check_runtimes, runtime_runs
 from diffdet.bench.settings import PUBLISHED, GridSettings
 from diffdet.bench.timing import Clock, percentile, summarize
 from diffdet.modeling.detector import DiffusionDet
@@ -130,6 +133,8 @@ def run_grid(
         (median per component; None for CUDA-graph modes), and for fast records per baseline B
         ``speedup_vs_B`` and ``vs_B`` (see :func:`~diffdet.bench.pipeline.compare_detections`),
         for bf16/fp16 modes beside an fp32 mode ``vs_fp32`` (matched at IoU :data:`LOW_PRECISION_IOU`),
+        records of exported runtimes (``mode`` = the runtime's name, after the modes) with
+        ``speedup_vs_fp32`` and ``vs_fp32`` beside the fp32 mode,
         ``ap`` (dict of
         COCO metrics) when ``settings.ap_fn`` is set (for graph modes measured eagerly on the same
         model: the graph replays the same computation).
@@ -147,37 +152,54 @@ def run_grid(
         m: fp32 if mode_dtype(m) == torch.float32 else folded_copy(model, mode_dtype(m)) for m in modes
     }
     records = []
-    for p in settings.boxes:
-        for s in settings.steps:
+    exported = [r for r in check_runtimes(settings.runtimes) if r != "eager"]
+    with tempfile.TemporaryDirectory(prefix="diffdet-bench-") as scratch:
+        for p in settings.boxes:
+            for s in settings.steps:
+                if progress:
+                    progress(f"{p} boxes x {s} steps")
+                runs = {
+                    b: _eager(published, images, p, s, settings.seed, clock, b) for b in settings.baselines
+                }
+                for mode in modes:
+                    if mode.startswith("graph"):
+                        runs[mode] = _graph(variants[mode], images, p, s, settings.seed, clock)
+                    else:
+                        runs[mode] = _eager(variants[mode], images, p, s, settings.seed, clock, None)
+                runs |= runtime_runs(
+                    model, images, exported, num_boxes=p, steps=s, seed=settings.seed, clock=clock,
+                    folder=Path(scratch), threads=torch.get_num_threads() if device.type == "cpu" else None,
+                )  # fmt: skip
+                records += _point_records(runs, modes, exported, variants, settings, p, s, progress)
+    return records
+
+
+def _point_records(
+    runs: dict[str, Run], modes: list[str], exported: list[str], variants: dict[str, DiffusionDet],
+    settings: GridSettings, p: int, s: int, progress: Callable[[str], None] | None,
+) -> list[dict]:  # fmt: skip
+    """Time one grid point's runs and turn them into records (baselines, modes, then runtimes)."""
+    measured = _measure(runs, settings.warmup, settings.iters)
+    records, baselines = [], {}
+    for name in settings.baselines:
+        dets, stats, components = measured[name]
+        baselines[name] = (dets, _record("fp32", name, p, s, settings.batch, stats, components))
+        records.append(baselines[name][1])
+    for mode in [*modes, *exported]:
+        dets, stats, components = measured[mode]
+        record = _record(mode, "fast", p, s, settings.batch, stats, components)
+        for name, (base_dets, base) in baselines.items():
+            record[f"speedup_vs_{name}"] = base["median_ms"] / record["median_ms"]
+            record[f"vs_{name}"] = compare_detections(dets, base_dets)
+        if mode in exported and "fp32" in measured:
+            record["speedup_vs_fp32"] = measured["fp32"][1]["median_ms"] / record["median_ms"]
+        if (mode in exported or mode_dtype(mode) != torch.float32) and "fp32" in measured:
+            record["vs_fp32"] = compare_detections(dets, measured["fp32"][0], match_iou=LOW_PRECISION_IOU)
+        if settings.ap_fn is not None and mode in variants:
             if progress:
-                progress(f"{p} boxes x {s} steps")
-            runs = {b: _eager(published, images, p, s, settings.seed, clock, b) for b in settings.baselines}
-            for mode in modes:
-                if mode.startswith("graph"):
-                    runs[mode] = _graph(variants[mode], images, p, s, settings.seed, clock)
-                else:
-                    runs[mode] = _eager(variants[mode], images, p, s, settings.seed, clock, None)
-            measured = _measure(runs, settings.warmup, settings.iters)
-            baselines = {}
-            for name in settings.baselines:
-                dets, stats, components = measured[name]
-                baselines[name] = (dets, _record("fp32", name, p, s, settings.batch, stats, components))
-                records.append(baselines[name][1])
-            for mode in modes:
-                dets, stats, components = measured[mode]
-                record = _record(mode, "fast", p, s, settings.batch, stats, components)
-                for name, (base_dets, base) in baselines.items():
-                    record[f"speedup_vs_{name}"] = base["median_ms"] / record["median_ms"]
-                    record[f"vs_{name}"] = compare_detections(dets, base_dets)
-                if mode_dtype(mode) != torch.float32 and "fp32" in measured:
-                    record["vs_fp32"] = compare_detections(
-                        dets, measured["fp32"][0], match_iou=LOW_PRECISION_IOU
-                    )
-                if settings.ap_fn is not None:
-                    if progress:
-                        progress(f"AP {mode} {p} boxes x {s} steps")
-                    record["ap"] = settings.ap_fn(variants[mode], p, s)
-                records.append(record)
+                progress(f"AP {mode} {p} boxes x {s} steps")
+            record["ap"] = settings.ap_fn(variants[mode], p, s)
+        records.append(record)
     return records
 
 

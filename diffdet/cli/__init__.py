@@ -52,6 +52,11 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Cal
         lambda parser: _lazy("diffdet.cli.bench", "bench_args")(parser),
         lambda args: _lazy("diffdet.cli.bench", "bench_main")(args),
     ),
+    "export": (
+        "write a detector as a fixed-shape ONNX or torch.export (.pt2) graph, noise as an input",
+        lambda parser: _lazy("diffdet.cli.export", "export_args")(parser),
+        lambda args: _lazy("diffdet.cli.export", "export_main")(args),
+    ),
 }
 
 

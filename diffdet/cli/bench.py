@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from diffdet.bench.settings import BASELINES, DEFAULT_BOXES, DEFAULT_STEPS, MODES, GridSettings
+from diffdet.bench.settings import BASELINES, DEFAULT_BOXES, DEFAULT_STEPS, MODES, RUNTIMES, GridSettings
 from diffdet.cli.options import (
     USAGE_ERROR,
     image_size,
@@ -80,6 +80,11 @@ def bench_args(parser: argparse.ArgumentParser) -> None:
         "published: the ops the published code runs); '' for none",
     )  # fmt: skip
     parser.add_argument(
+        "--runtimes", type=lambda s: [r for r in s.split(",") if r], default=[],
+        help=f"also export the model at each point and time it in these runtimes, among "
+        f"{','.join(RUNTIMES)} (eager: the fp32 mode; int8: ONNX Runtime on a dynamically quantized file)",
+    )  # fmt: skip
+    parser.add_argument(
         "--batch", type=positive_ints, default=[1], help="images per call; a list measures each (e.g. 1,4)"
     )
     parser.add_argument(
@@ -94,8 +99,9 @@ def bench_args(parser: argparse.ArgumentParser) -> None:
         "--device", default="auto", help="cpu, cuda, cuda:1... (default: cuda when available)"
     )
     parser.add_argument(
-        "--threads", type=non_negative_int, default=0, help="CPU threads for torch (0: torch's default)"
-    )
+        "--threads", type=non_negative_int, default=0,
+        help="CPU threads for torch and the exported runtimes (0: torch's default)",
+    )  # fmt: skip
     parser.add_argument("--data", metavar="JSON", help="COCO instances JSON: also measure AP at every point")
     parser.add_argument("--images", help="image folder of --data (default: COCO layout beside the JSON)")
     parser.add_argument(
@@ -173,7 +179,9 @@ def bench_main(args: argparse.Namespace) -> int:
         if args.dtype and args.modes:
             raise InputError("give --dtype or --modes, not both")
         default = ["fp32", "bf16", "graph"] if device.type == "cuda" else ["fp32", "bf16"]
-        modes = [args.dtype] if args.dtype else args.modes or default
+        modes = [args.dtype] if args.dtype else args.modes or (["fp32"] if args.runtimes else default)
+        if "eager" in args.runtimes and "fp32" not in modes:
+            modes.append("fp32")
         if any(m in MODES and mode_dtype(m) == torch.bfloat16 for m in modes):
             warn_if_bf16_is_emulated(device, torch.bfloat16)
         grids = [
@@ -187,6 +195,7 @@ def bench_main(args: argparse.Namespace) -> int:
                 iters=args.iters,
                 baselines=args.baselines,
                 seed=args.seed,
+                runtimes=args.runtimes,
             )
             for batch in args.batch or [1]
         ]
@@ -220,6 +229,8 @@ def bench_main(args: argparse.Namespace) -> int:
         "warmup": args.warmup,
         "iters": args.iters,
         "modes": modes,
+        "runtimes": args.runtimes,
+        "threads": torch.get_num_threads(),
         "data": args.data,
         "backbone": model.cfg.backbone,
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -62,7 +62,7 @@ def detect_main(args: argparse.Namespace) -> int:
     try:
         files = list_images(args.input)
         check_output_dir(Path(args.out), args.overwrite, Path(args.input))
-        model = load_detector(args.weights, pick_device(args.device), dtype=dtype(args.dtype))
+        model = load_detector(args.weights, pick_device(args.device), args.runtime, dtype=dtype(args.dtype))
         model = wrap_tta(model, args, len(files), progress=not args.no_progress)
         with staged_output_dir(Path(args.out)) as staging:  # a failed run leaves --out as it was
             path = run_detect(

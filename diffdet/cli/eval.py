@@ -182,7 +182,13 @@ def run_eval(
 def eval_main(args: argparse.Namespace) -> int:
     """``diffdet eval``: prints the metrics table (rank 0); returns the exit status (2 on unusable input)."""
     from diffdet.data.crowdhuman import is_odgt
-    from diffdet.engine.distributed import init_distributed, local_device, shutdown
+    from diffdet.engine.distributed import (
+        init_distributed,
+        launch_from_env,
+        local_device,
+        peer_failures_as_errors,
+        shutdown,
+    )
 
     check_results_files(args.data, {"--results": args.results, "--metrics-out": args.metrics_out})
     crowdhuman, grouped = is_odgt(args.data), False
@@ -193,6 +199,7 @@ def eval_main(args: argparse.Namespace) -> int:
         runs = settings(args, sweep=crowdhuman)
         if dataset.is_lvis:
             _require_lvis()
+        launch_from_env()  # under srun: torchrun's variables from SLURM's
         device = local_device(pick_device(args.device))
         model = load_detector(args.weights, device, dtype=dtype(args.dtype))
         dataset.check_resizable(model.cfg.min_size_test, model.cfg.max_size_test)
@@ -201,10 +208,11 @@ def eval_main(args: argparse.Namespace) -> int:
             check_categories(model, dataset)
         model = wrap_tta(model, args, len(dataset) * len(runs), progress=not args.no_progress)
         grouped = init_distributed(device, timeout_s=EVAL_DIST_TIMEOUT_S)
-        rows = run_eval(
-            model, dataset, runs, label=label, batch_size=args.batch_size, progress=not args.no_progress,
-            results_path=Path(args.results) if args.results else None,
-        )  # fmt: skip
+        with peer_failures_as_errors(EVAL_DIST_TIMEOUT_S):  # a dead peer: one line, not a hang
+            rows = run_eval(
+                model, dataset, runs, label=label, batch_size=args.batch_size,
+                progress=not args.no_progress, results_path=Path(args.results) if args.results else None,
+            )  # fmt: skip
     except InputError as err:
         print(f"diffdet eval: error: {err}", file=sys.stderr)
         return USAGE_ERROR

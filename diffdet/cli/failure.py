@@ -2,7 +2,8 @@
 
 Unusable input (:class:`~diffdet.errors.InputError` and its subclasses, a wrong option, a missing
 optional package) ends the command with one line on stderr, ``PROG: error: MESSAGE``, and exit status
-2. Any other exception is a bug: it keeps its traceback (exit status 1).
+2; a failed peer of a distributed run (``DistributedError``) with one line and exit status 1. Any other
+exception is a bug: it keeps its traceback (exit status 1).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from diffdet.errors import InputError
 from diffdet.optional import MissingDependencyError
 
 USAGE_ERROR = 2
+PEER_FAILURE = 1
+"""Exit status when another process of a distributed run failed (:class:`DistributedError`)."""
 MESSAGE_CHARS = 400
 """Longest message printed; readers cut the values they quote, this is the last guard."""
 
@@ -64,9 +67,15 @@ def run_command(prog: str | Callable[[], str], command: Callable[[], int]) -> in
     Returns:
         int: the command's exit status, or :data:`USAGE_ERROR`.
     """
+    from diffdet.engine.distributed import DistributedError
+
     try:
         return command()
     except (InputError, MissingDependencyError) as err:
         name = getattr(err, "prog", None) or (prog if isinstance(prog, str) else prog())
         print(f"{name}: error: {one_line(str(err))}", file=sys.stderr)
         return USAGE_ERROR
+    except DistributedError as err:  # a peer died or never came: not the user's input, nor a bug here
+        name = prog if isinstance(prog, str) else prog()
+        print(f"{name}: error: {one_line(str(err))}", file=sys.stderr)
+        return PEER_FAILURE

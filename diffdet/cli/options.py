@@ -17,6 +17,9 @@ if TYPE_CHECKING:  # torch loads on first use, so ``diffdet --help`` stays fast
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 """``--dtype`` names -> torch dtype names (torch is imported on first use)."""
+RUNTIMES = ("onnxruntime", "openvino", "torch")
+"""``--runtime`` names (those of :data:`diffdet.export.backends.RUNTIMES`; kept here so the parser
+imports no engine)."""
 
 
 def ints(text: str) -> list[int]:
@@ -93,11 +96,25 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def load_detector(weights: str, device: torch.device, **overrides: object) -> nn.Module:
+def load_detector(
+    weights: str, device: torch.device, runtime: str | None = None, **overrides: object
+) -> nn.Module:
     """``diffdet.load(weights)`` on ``device`` in eval mode, with load errors turned into InputError
-    (and bf16 on a CPU without bf16 arithmetic announced in one stderr line, see :mod:`diffdet.hardware`)."""
+    (and bf16 on a CPU without bf16 arithmetic announced in one stderr line, see :mod:`diffdet.hardware`);
+    an exported file (``.onnx``, ``.pt2``) loads in ``runtime`` (default: by suffix) instead, see
+    :func:`diffdet.export.runtime.load_exported`."""
     from diffdet.checkpoint import load
+    from diffdet.export.runtime import is_exported, load_exported
 
+    if is_exported(weights):
+        model = load_exported(weights, runtime, device="cpu" if device.type == "cpu" else "cuda")
+        wanted = overrides.pop("dtype", None)
+        exported = str(model.metadata.get("dtype", "fp32"))
+        if wanted is not None and str(wanted).removeprefix("torch.") not in (exported, DTYPES.get(exported)):
+            raise InputError(f"--dtype: {weights} runs in {exported}, the dtype it was exported in")
+        return model
+    if runtime is not None:
+        raise InputError(f"--runtime {runtime} runs exported files (.onnx, .pt2), not {weights}")
     warn_if_bf16_is_emulated(device, overrides.get("dtype"))
     try:
         return load(weights, device=device, **overrides)
@@ -113,7 +130,14 @@ def inference_args(parser: argparse.ArgumentParser, several: bool = False) -> No
         sweep = "; a comma-separated list sweeps CrowdHuman evaluation"
     else:
         kind, sweep = positive_int, ""
-    parser.add_argument("--weights", required=True, help="checkpoint file or preset name (see diffdet.load)")
+    parser.add_argument(
+        "--weights", required=True,
+        help="checkpoint file or preset name (see diffdet.load), or an exported .onnx / .pt2 file",
+    )  # fmt: skip
+    parser.add_argument(
+        "--runtime", choices=RUNTIMES, default=None,
+        help="engine of an exported --weights file (default: onnxruntime for .onnx, torch for .pt2)",
+    )  # fmt: skip
     parser.add_argument("--boxes", type=kind, help=f"boxes per image (default: the model's){sweep}")
     parser.add_argument("--steps", type=kind, help=f"DDIM sampling steps (default: the model's){sweep}")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampler's random boxes")

@@ -87,7 +87,7 @@ def run_detect(
     from diffdet.visualize import draw_detections
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = model.pixel_mean.device
+    device = model.device
     results = []
     for file, image_id in tqdm(
         list(zip(files, image_ids(files), strict=True)), desc="detect", unit="img", disable=not progress

@@ -7,7 +7,7 @@ per-call work outside the graph is the preprocessing, one noise draw into the st
 the NMS and post-processing (which read the detection count back: the call's one sync).
 
 Results equal ``model.detect(..., ensemble="all")`` with the same noise: the captured function is
-:meth:`CudaGraphSampler.run`, which is exactly what ``detect`` runs eagerly.
+:meth:`CudaGraphSampler.run`, which is :meth:`DiffusionDet.sample_fixed`, what ``detect`` runs eagerly.
 
 Capture and replay run with the model's device current (``torch.cuda.device``) and capture on a
 stream of that device: a graph is replayed into the current device's stream, so a model on ``cuda:1``
@@ -103,13 +103,8 @@ class CudaGraphSampler:
         Returns:
             Candidates [B, S * P].
         """
-        features = self.model.features(images)
-        return self.model.sampler.sample(
-            lambda boxes, t: self.model.head(features, boxes, t),
-            image_whwh,
-            noise=noise,
-            steps=self.steps,
-            renewal_threshold=self.renewal_threshold,
+        return self.model.sample_fixed(
+            images, image_whwh, noise, steps=self.steps, renewal_threshold=self.renewal_threshold
         )
 
     @torch.no_grad()

@@ -88,6 +88,11 @@ class DiffusionDet(nn.Module):
         """Dataset category id of each contiguous label."""
         return self.cfg.category_ids
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model runs (images are moved here)."""
+        return self.pixel_mean.device
+
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> DiffusionDet:
         # Device moves apply to every buffer; dtype casts skip the float64 schedule and pixel stats.
         keep = {n: self._buffers[n] for n in (*SCHEDULE_BUFFERS, "pixel_mean", "pixel_std")}
@@ -283,17 +288,16 @@ class DiffusionDet(nn.Module):
         if num_boxes == 0:
             empty = self._empty(device)
             return ([empty] * size, []) if return_intermediates else [empty] * size
-        features = self.features(batch.tensor)
         if ensemble == "all":
             count = 2 * steps - 1 - (init_boxes is not None)
             noise = draw_noise(count, size, num_boxes, device, generator)
-            candidates = self.sampler.sample(
-                lambda boxes, t: self.head(features, boxes, t), batch.image_whwh, noise=noise, steps=steps,
-                renewal_threshold=renewal_threshold, init_boxes=init_boxes, intermediates=intermediates,
+            candidates = self.sample_fixed(
+                batch.tensor, batch.image_whwh, noise, steps=steps, renewal_threshold=renewal_threshold,
+                init_boxes=init_boxes, intermediates=intermediates,
             )  # fmt: skip
         else:
             candidates = self._sample_reference(
-                features,
+                self.features(batch.tensor),
                 batch.image_whwh,
                 num_boxes,
                 steps,
@@ -304,6 +308,38 @@ class DiffusionDet(nn.Module):
             )
         results = self.finalize(candidates, batch, nms_iou=nms_iou, max_detections=max_detections)
         return (results, intermediates) if return_intermediates else results
+
+    def sample_fixed(
+        self,
+        images: Tensor,
+        image_whwh: Tensor,
+        noise: Tensor,
+        *,
+        steps: int,
+        renewal_threshold: float,
+        init_boxes: Tensor | None = None,
+        intermediates: list[dict] | None = None,
+    ) -> Candidates:
+        """Backbone + FPN, then the fast sampler (``ensemble="all"``): fixed shapes, no host sync.
+
+        The one body of :meth:`detect`'s fast path, of the CUDA-graph capture
+        (:class:`~diffdet.modeling.cuda_graph.CudaGraphSampler`) and of the exported graphs
+        (:mod:`diffdet.export`).
+
+        Args:
+            images (Tensor[B, 3, Hp, Wp]): normalised, padded images in the model's dtype.
+            image_whwh (Tensor[B, 4]): (w, h, w, h) of each resized image, float32.
+            noise (Tensor[N, B, P, 4]): the sampler's noise (see :func:`draw_noise`).
+            steps, renewal_threshold, init_boxes, intermediates: as :meth:`DDIMSampler.sample`.
+
+        Returns:
+            Candidates [B, S * P].
+        """
+        features = self.features(images)
+        return self.sampler.sample(
+            lambda boxes, t: self.head(features, boxes, t), image_whwh, noise=noise, steps=steps,
+            renewal_threshold=renewal_threshold, init_boxes=init_boxes, intermediates=intermediates,
+        )  # fmt: skip
 
     def finalize(
         self, candidates: Candidates, batch: ImageBatch, *, nms_iou: float | None, max_detections: int | None

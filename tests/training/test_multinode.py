@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import re
 import shlex
@@ -43,6 +44,7 @@ SHRINK = [
     "model.dim_dynamic=8",
     "solver.ims_per_batch=4",  # global: 2 images on each of the 2 processes
     "train.checkpoint_period=2",
+    "train.log_period=1",
     f"train.dist_timeout={TIMEOUT_S}",
 ]
 LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK")
@@ -172,6 +174,14 @@ def test_two_nodes_train_the_weights_of_one_node_with_two_processes(runs):
     _assert_same_weights(reference["model"], two_nodes["model"])
     final = read_checkpoint(runs["root"] / "reference" / "model_final.pth")["model"]
     assert any(not torch.equal(value, final[name]) for name, value in reference["model"].items())
+
+
+def test_rank_0_alone_writes_the_log_the_config_and_the_checkpoints(runs):
+    folder = runs["root"] / "reference"
+    written = {"config.yaml", "metrics.jsonl", "last_checkpoint", "model_0000002.pth", "model_0000004.pth"}
+    assert {p.name for p in folder.iterdir()} == {*written, "model_final.pth"}
+    logged = [json.loads(line)["iter"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [1, 2, 3, 4, 5, 6]  # one line per iteration: a second writer would double them
 
 
 def test_a_killed_node_stops_the_other_with_one_line_and_a_loadable_checkpoint(runs):
