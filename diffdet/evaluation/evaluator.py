@@ -81,9 +81,8 @@ def inference_on_dataset(
         progress: show a progress bar on rank 0; a string is its description.
         seed: each image's sampler noise comes from its own generator seeded with ``seed`` (as a call
             ``model([image], seed=seed)`` draws it), so the detections do not depend on the batch size
-            or on which process runs the image; passed as ``generator=[one per image]``, or as
-            ``seed=seed`` to a model with ``seeds_each_input = True`` (it seeds every input itself,
-            e.g. the TTA wrapper). None: the device's global generator.
+            or on which process runs the image (passed as ``generator=[one per image]``). None: the
+            device's global generator.
         **inference_kwargs: per-call inference knobs (``num_boxes``, ``steps``...).
 
     Returns:
@@ -104,9 +103,7 @@ def inference_on_dataset(
         with tqdm(total=total, desc=desc, unit="img", disable=not progress or not is_main_process()) as bar:
             for images, _, metas in data:
                 images = [image.to(device) for image in images]
-                if seed is not None and getattr(model, "seeds_each_input", False):
-                    inference_kwargs["seed"] = seed
-                elif seed is not None:
+                if seed is not None:
                     inference_kwargs["generator"] = [
                         torch.Generator(device=device).manual_seed(seed) for _ in images
                     ]

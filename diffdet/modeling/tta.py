@@ -214,10 +214,6 @@ class DiffusionDetWithTTA(nn.Module):
         progress: a callback called with the number of augmented inputs after each forward pass.
     """
 
-    seeds_each_input = True
-    """Its ``seed`` knob gives every augmented input its own generator, so evaluation passes ``seed``
-    as it is (see :func:`diffdet.evaluation.inference_on_dataset`)."""
-
     def __init__(
         self,
         model: nn.Module,
