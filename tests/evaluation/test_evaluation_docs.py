@@ -1,5 +1,5 @@
-"""Every command of docs/evaluation.md parses with the real parsers (torchrun's, then diffdet's), and
-its Python example uses names the package has."""
+"""Every command of docs/evaluation.md parses with the real parsers (torchrun's, then diffdet's; srun's
+``python -m diffdet`` tail), and its Python example uses names the package has."""
 
 from __future__ import annotations
 
@@ -25,8 +25,11 @@ def test_every_documented_command_parses():
     from diffdet.cli import build_parser
 
     commands = _commands()
-    assert {argv[0] for argv in commands} == {"diffdet", "torchrun"}
+    assert {argv[0] for argv in commands} == {"diffdet", "torchrun", "srun"}
     for argv in commands:
+        if argv[0] == "srun":
+            assert argv[1:4] == ["python", "-m", "diffdet"], argv
+            argv = argv[3:]
         if argv[0] == "torchrun":
             launch = get_args_parser().parse_args(argv[1:])
             assert launch.module and launch.training_script == "diffdet", argv
