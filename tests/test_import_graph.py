@@ -141,3 +141,10 @@ def test_no_scoring_code_at_the_top_of_the_package():
         "detect",
         "quickstart",
     }
+
+
+def test_every_package_folder_has_an_init():
+    """A folder of modules without ``__init__.py`` is a namespace package: setuptools' package discovery
+    leaves it out of the wheel."""
+    folders = {p.parent for p in (ROOT / "diffdet").rglob("*.py")}
+    assert sorted(str(f.relative_to(ROOT)) for f in folders if not (f / "__init__.py").is_file()) == []

@@ -81,7 +81,8 @@ def inference_on_dataset(
         progress: show a progress bar on rank 0; a string is its description.
         seed: each image's sampler noise comes from its own generator seeded with ``seed`` (as a call
             ``model([image], seed=seed)`` draws it), so the detections do not depend on the batch size
-            or on which process runs the image. None: the device's global generator.
+            or on which process runs the image (passed as ``generator=[one per image]``). None: the
+            device's global generator.
         **inference_kwargs: per-call inference knobs (``num_boxes``, ``steps``...).
 
     Returns:
