@@ -11,11 +11,9 @@ interrupted run leaves valid files. Shows a progress bar, and stops with a one-l
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from diffdet.cli.options import (
-    USAGE_ERROR,
     dtype,
     fraction,
     inference_args,
@@ -25,7 +23,6 @@ from diffdet.cli.options import (
     positive_int,
 )
 from diffdet.cli.tta_options import tta_args, wrap_tta
-from diffdet.errors import InputError
 from diffdet.inference.images import list_images, run_detect
 from diffdet.inference.video import is_video, run_detect_video, video_info
 from diffdet.outputs import check_output_dir, staged_output_dir
@@ -56,45 +53,38 @@ def detect_args(parser: argparse.ArgumentParser) -> None:
 
 
 def detect_main(args: argparse.Namespace) -> int:
-    """``diffdet detect``: returns the exit status (2 with a message on an unusable input)."""
+    """``diffdet detect``: returns the exit status (unusable input raises InputError, which
+    :mod:`diffdet.cli.failure` prints as one line, exit status 2)."""
     if is_video(args.input):
         return detect_video_main(args)
-    try:
-        files = list_images(args.input)
-        check_output_dir(Path(args.out), args.overwrite, Path(args.input))
-        model = load_detector(args.weights, pick_device(args.device), args.runtime, dtype=dtype(args.dtype))
-        model = wrap_tta(model, args, len(files), progress=not args.no_progress)
-        with staged_output_dir(Path(args.out)) as staging:  # a failed run leaves --out as it was
-            path = run_detect(
-                model,
-                files,
-                staging,
-                score_thr=args.score_thr,
-                progress=not args.no_progress,
-                **knobs(args),
-            )
-        path = Path(args.out) / path.name
-    except InputError as err:
-        print(f"diffdet detect: error: {err}", file=sys.stderr)
-        return USAGE_ERROR
+    files = list_images(args.input)
+    check_output_dir(Path(args.out), args.overwrite, Path(args.input))
+    model = load_detector(args.weights, pick_device(args.device), args.runtime, dtype=dtype(args.dtype))
+    model = wrap_tta(model, args, len(files), progress=not args.no_progress)
+    with staged_output_dir(Path(args.out)) as staging:  # a failed run leaves --out as it was
+        path = run_detect(
+            model,
+            files,
+            staging,
+            score_thr=args.score_thr,
+            progress=not args.no_progress,
+            **knobs(args),
+        )
+    path = Path(args.out) / path.name
     print(f"{len(files)} image(s) annotated in {args.out}; COCO results in {path}")
     return 0
 
 
 def detect_video_main(args: argparse.Namespace) -> int:
-    """``diffdet detect VIDEO``: returns the exit status (2 with a message on an unusable input)."""
-    try:
-        path = Path(args.input)
-        check_output_dir(Path(args.out), args.overwrite, path)
-        model = load_detector(args.weights, pick_device(args.device), dtype=dtype(args.dtype))
-        frames = video_info(path)[1]
-        model = wrap_tta(model, args, -(-frames // max(args.every, 1)), progress=not args.no_progress)
-        run = run_detect_video(
-            model, path, Path(args.out), score_thr=args.score_thr, every=args.every,
-            batch_size=args.batch_size, progress=not args.no_progress, **knobs(args),
-        )  # fmt: skip
-    except InputError as err:
-        print(f"diffdet detect: error: {err}", file=sys.stderr)
-        return USAGE_ERROR
+    """``diffdet detect VIDEO``: returns the exit status (unusable input raises InputError)."""
+    path = Path(args.input)
+    check_output_dir(Path(args.out), args.overwrite, path)
+    model = load_detector(args.weights, pick_device(args.device), args.runtime, dtype=dtype(args.dtype))
+    frames = video_info(path)[1]
+    model = wrap_tta(model, args, -(-frames // max(args.every, 1)), progress=not args.no_progress)
+    run = run_detect_video(
+        model, path, Path(args.out), score_thr=args.score_thr, every=args.every,
+        batch_size=args.batch_size, progress=not args.no_progress, **knobs(args),
+    )  # fmt: skip
     print(f"{run.frames} frame(s) ({run.detected} detected) drawn in {run.video}; detections: {run.jsonl}")
     return 0
