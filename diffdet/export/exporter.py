@@ -36,6 +36,7 @@ from diffdet.export.graph import DetectorGraph, GraphSpec
 from diffdet.export.metadata import FORMAT_VERSION, METADATA_KEY, PT2_EXTRA_FILE, format_of
 from diffdet.modeling.backbone.conv import fold_frozen_batchnorm
 from diffdet.modeling.detector import DiffusionDet
+from diffdet.optional import require
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 """``dtype`` names of the graph's weights and activations (boxes and sampler stay float32)."""
@@ -197,8 +198,8 @@ def _write_onnx(
     program: torch.export.ExportedProgram, args: tuple, path: Path, opset: int, metadata: str
 ) -> None:
     """Translate to ONNX (custom ops -> standard operators), attach the metadata, check, save."""
-    import onnx
-
+    onnx = require("onnx", "onnx", "ONNX export")
+    require("onnxscript", "onnxscript", "ONNX export")
     from diffdet.export.onnx_ops import translations
 
     onnx_program = torch.onnx.export(

@@ -55,3 +55,16 @@ def assert_equal_detections(outputs, expected: list[dict], *, atol: float = 1e-3
         iou = box_iou(boxes[b, :n], want["boxes"]).diagonal()
         assert float(iou.min()) >= 0.99, f"image {b}: IoU {float(iou.min())}"
         assert bool((scores[b, n:] == 0).all() and (boxes[b, n:] == 0).all()), "padding rows are zeros"
+
+
+def run_onnx(path, x: torch.Tensor, z: torch.Tensor) -> list:
+    """ONNX Runtime's outputs of an exported file for images ``x`` and noise ``z`` (one thread)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3  # errors only
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["images", "noise"]
+    assert [o.name for o in session.get_outputs()] == ["boxes", "scores", "labels", "num_detections"]
+    return session.run(None, {"images": x.numpy(), "noise": z.numpy()})
