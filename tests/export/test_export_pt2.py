@@ -65,9 +65,12 @@ def test_metadata_round_trip_and_damaged_files(exported, tmp_path):
         (dict(dtype="bf16"), "dtype"),
         (dict(format="tflite"), "format"),
         (dict(opset=17), "opset"),
+        (dict(env="reference"), "DIFFDET_BACKEND"),
     ],
 )
-def test_options_a_graph_cannot_express_are_input_errors(model, tmp_path, options, named):
+def test_options_a_graph_cannot_express_are_input_errors(model, tmp_path, monkeypatch, options, named):
+    if "env" in options:
+        monkeypatch.setenv("DIFFDET_BACKEND", options.pop("env"))
     with pytest.raises(InputError, match=named):
         diffdet.export(model, tmp_path / "x.onnx", **options)
     assert not list(tmp_path.iterdir()), "nothing written"
