@@ -79,3 +79,17 @@ def test_options_a_graph_cannot_express_are_input_errors(model, tmp_path, monkey
 def test_unknown_suffix_needs_a_format(model, tmp_path):
     with pytest.raises(InputError, match=r"model\.bin"):
         diffdet.export(model, tmp_path / "model.bin")
+
+
+def test_graph_without_nms_equals_the_model_without_nms():
+    """A model with ``use_nms`` False: the graph keeps the top K candidates (the eager module, which
+    the export traces; no export needed)."""
+    from diffdet.export.exporter import _export_copy
+    from diffdet.export.graph import DetectorGraph, GraphSpec
+
+    model = tame_detector(use_nms=False)
+    graph = DetectorGraph(_export_copy(model, torch.float32), GraphSpec(64, 96, 2, 12, 2, 0.5, None, 7))
+    x = images(2)
+    with torch.no_grad():
+        outputs = graph(x, noise(2, 2, 12, seed=4))
+    assert_equal_detections(outputs, model(list(x), steps=2, seed=4, max_detections=7))
