@@ -11,7 +11,9 @@ import torch
 from exportkit import assert_equal_detections, images, noise, tame_detector
 
 import diffdet
+from diffdet.config import load_config
 from diffdet.errors import InputError
+from diffdet.modeling import build_detector
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -36,6 +38,18 @@ def test_loaded_program_equals_the_model_on_the_same_noise(model, exported):
     with torch.no_grad():
         outputs = program(x, noise(2, 1, 12, seed=7))
     assert_equal_detections(outputs, model(list(x), steps=2, seed=7))
+
+
+def test_quickstart_preset_detector_equals_the_model(tmp_path):
+    """The quickstart preset's architecture (trainable BatchNorm, kept as is) with random weights."""
+    torch.manual_seed(0)
+    model = build_detector(load_config("quickstart").model).eval()
+    path = tmp_path / "quickstart.pt2"
+    diffdet.export(model, path, steps=2, batch=1)
+    x = images(1, 112, 160)
+    with torch.no_grad():
+        outputs = torch.export.load(str(path)).module()(x, noise(2, 1, 50))
+    assert_equal_detections(outputs, model(list(x), steps=2, seed=0))
 
 
 def test_metadata_round_trip_and_damaged_files(exported, tmp_path):
