@@ -55,7 +55,8 @@ def roi_align_multilevel(
     ratio = op.Add(op.Div(op.Sqrt(area), const(canonical_box_size)), const(1e-8))
     level = op.Floor(op.Add(const(canonical_level), op.Div(op.Log(ratio), const(math.log(2.0)))))
     level = op.Clip(level, const(min_level), const(min_level + len(features) - 1))
-    rois = op.Cast(boxes, to=ir.DataType.FLOAT)
+    # As the op (and detectron2's ROIAlign): sample at the boxes rounded to the features' dtype.
+    rois = op.Cast(op.Cast(boxes, to=features[0].dtype), to=ir.DataType.FLOAT)
     out = None
     for index, fmap in enumerate(features):
         pooled = op.RoiAlign(

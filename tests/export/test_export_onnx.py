@@ -3,6 +3,7 @@ the same noise (steps 1 and 2, renewal and batching exercised), and its metadata
 
 from __future__ import annotations
 
+import copy
 import re
 
 import pytest
@@ -95,3 +96,14 @@ def test_a_damaged_or_foreign_file_is_an_input_error_naming_it(two_steps, tmp_pa
         onnx.save(proto, str(bad))
     with pytest.raises(InputError, match=re.escape(str(bad))):
         diffdet.export.read_metadata(bad)
+
+
+def test_fp16_graph_equals_the_fp16_model(model, tmp_path):
+    """Weights and activations in float16 (boxes, sampler and NMS in float32); RoIAlign samples at the
+    boxes rounded to float16, as the op does."""
+    path = tmp_path / "half.onnx"
+    meta = diffdet.export(model, path, steps=1, batch=1, dtype="fp16")
+    assert meta["dtype"] == "fp16"
+    x = images(1)
+    expected = copy.deepcopy(model).half()(list(x), steps=1, seed=0)
+    assert_equal_detections(run_onnx(path, x, noise(1, 1, 12)), expected, atol=3e-3)
