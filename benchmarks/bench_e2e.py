@@ -1,7 +1,7 @@
 """End-to-end detection under pytest-benchmark: the fast path beside the baseline backends.
 
-Providers: ``reference`` (``DIFFDET_BACKEND=reference``: the plain-PyTorch ops), ``published``
-(``DIFFDET_BACKEND=published``: the ops the published code runs, torchvision's pooling loop and NMS)
+Providers: ``reference`` (``set_backend("reference")``: the plain-PyTorch ops), ``published``
+(``set_backend("published")``: the published computation, torchvision's pooling loop and NMS among it)
 on a copy of the model whose backbone runs as the published code's does (NCHW, FrozenBN unfolded:
 :func:`~diffdet.bench.pipeline.published_copy`), and ``diffdet`` (the fast ops on the fp32 copy with
 the inference fusions on: FrozenBN folded, channels-last backbone, oneDNN post-ops), as ``diffdet
@@ -26,11 +26,12 @@ import pytest
 import torch
 
 from diffdet.bench.grid import synthetic_images
-from diffdet.bench.pipeline import folded_copy, op_backend, published_copy, staged_detect
+from diffdet.bench.pipeline import folded_copy, published_copy, staged_detect
 from diffdet.bench.report import device_name
 from diffdet.bench.timing import Clock
 from diffdet.modeling.build import build_detector
 from diffdet.modeling.config import ModelConfig
+from diffdet.ops._backend import AUTO, set_backend
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 _DEFAULT_SIZE = "800x1333" if DEVICE.type == "cuda" else "320x544"
@@ -56,11 +57,11 @@ def models() -> dict[str, torch.nn.Module]:
 def test_bench_e2e(benchmark, models, provider, num_boxes, steps):
     images = synthetic_images(1, SIZE, seed=0, device=DEVICE)
     clock = Clock(DEVICE)
-    backend = None if provider == "diffdet" else provider
+    backend = AUTO if provider == "diffdet" else provider
     model = models["fast" if provider == "diffdet" else "published"]
 
     def detect():
-        with op_backend(backend):
+        with set_backend(backend):
             return staged_detect(model, images, num_boxes=num_boxes, steps=steps, seed=0, clock=clock)
 
     benchmark.group = f"e2e {BACKBONE} {SIZE[0]}x{SIZE[1]} {num_boxes} boxes {steps} steps"

@@ -11,7 +11,7 @@
 #   DIFFDET_COMMIT=<git rev-parse --short HEAD> bash benchmarks/gpu_suite.sh $OUT/suite
 # The tool copies the working tree (no .git, no ignored files) and the build happens there, for that card
 # only. Commit the files that come back (files_at/suite/*) under benchmarks/results/gpu-<card>/, e.g.
-# benchmarks/results/gpu-h200/ (README: "benchmarks/gpu_suite.sh: everything on a GPU machine").
+# benchmarks/results/gpu-h200/ (docs/gpu-suite.md).
 #
 # Stages, in order of value; each runs under its own time cap (DIFFDET_SUITE_CAP_<STAGE>=seconds) and
 # none starts when less than DIFFDET_SUITE_MIN_START (20 s) of the overall budget DIFFDET_SUITE_BUDGET
@@ -28,10 +28,13 @@
 #   memcheck      compute-sanitizer memcheck over pytest -m gpu tests/ops, then tests/kernels
 #   grid          diffdet bench over more boxes and steps (R50; Swin-B too when model.backbone=SwinB exists)
 #   racecheck     compute-sanitizer racecheck over pytest -m gpu tests/ops, if time is left
+#   onnx_gpu      diffdet bench --runtimes eager,onnxruntime: R50 300 boxes x 1 step exported to ONNX and run
+#                 by ONNX Runtime's TensorRT or CUDA provider beside eager fp32; skipped (one line) where
+#                 onnxruntime or its GPU providers are missing (the dry run: ONNX Runtime on the CPU)
 #
 # OUTDIR is written after every stage and stays flat, at most 8 files (what the device tool returns):
 # summary.txt (one screen), suite.json (preflight and every stage), logs.txt (each stage's log tail),
-# headline.json, gpu_tests.xml, kernel_bench.json, grid.json. Full logs stay in a scratch folder.
+# headline.json, gpu_tests.xml, kernel_bench.json, grid.json, onnx_gpu.json. Full logs stay in a scratch folder.
 #
 # Environment: PYTHON (default python3), DIFFDET_SUITE_STAGES (comma-separated subset), DIFFDET_SUITE_BUDGET,
 # DIFFDET_SUITE_MIN_START, DIFFDET_SUITE_CAP_<STAGE>, DIFFDET_SUITE_BUILD=1 (dry run: build too, CPU-only
@@ -87,13 +90,13 @@ STAGES_WANTED=",${DIFFDET_SUITE_STAGES:-all},"
 COMMIT="${DIFFDET_COMMIT:-$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 STARTED="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 T0=$SECONDS
-OUTPUTS=(summary.txt suite.json logs.txt headline.json gpu_tests.xml kernel_bench.json grid.json)
+OUTPUTS=(summary.txt suite.json logs.txt headline.json gpu_tests.xml kernel_bench.json grid.json onnx_gpu.json)
 for f in "${OUTPUTS[@]}"; do rm -f "${OUTDIR:?}/$f"; done
 
 # Stage table, in order of value: name, cap in seconds on the GPU machine.
-STAGE_NAMES=(build headline gpu_tests kernel_bench memcheck grid racecheck)
+STAGE_NAMES=(build headline gpu_tests kernel_bench memcheck grid racecheck onnx_gpu)
 declare -A CAP=([build]=240 [headline]=150 [gpu_tests]=120 [kernel_bench]=100 [memcheck]=90 [grid]=150
-                [racecheck]=60)
+                [racecheck]=60 [onnx_gpu]=120)
 declare -A STATUS SECS NOTE EFFCAP
 for s in "${STAGE_NAMES[@]}"; do
     STATUS[$s]=pending; SECS[$s]=0; NOTE[$s]=""; EFFCAP[$s]=0
@@ -287,13 +290,34 @@ stage_grid() {
     return $status
 }
 
+# The exported graph in ONNX Runtime beside eager PyTorch (diffdet bench --runtimes): on the GPU through
+# its TensorRT or CUDA provider, skipped with one line where neither is present; the dry run uses the CPU.
+stage_onnx_gpu() {
+    local providers
+    providers="$("$PY" -c 'import onnxruntime as o; print(",".join(o.get_available_providers()))' 2> /dev/null)" \
+        || { note "onnxruntime not installed (pip install diffdet[export])"; return 77; }
+    if [ "$MODE" = dry ]; then
+        BENCH_ARGS=(model.backbone=R18 $BENCH_TINY --modes fp32 --baselines published --size 32x48)
+    else
+        case ",$providers," in
+            *,TensorrtExecutionProvider,*|*,CUDAExecutionProvider,*) ;;
+            *) note "onnxruntime has no CUDA or TensorRT provider ($providers)"; return 77 ;;
+        esac
+        BENCH_ARGS=(--device cuda --modes fp32 --baselines published --size 800x1333 --warmup 3 --iters 20)
+    fi
+    BENCH_ARGS+=(--runtimes eager,onnxruntime)
+    note "providers: $providers"
+    bench_points onnx_gpu "300 1"
+}
+
 export -f note stage_build merge_bench bench_points stage_headline stage_gpu_tests stage_kernel_bench \
-    sanitize stage_memcheck stage_racecheck stage_grid
+    sanitize stage_memcheck stage_racecheck stage_grid stage_onnx_gpu
 
 # collect_STAGE: run after the stage, even one cut at its cap, to gather what it wrote into OUTDIR;
 # prints a note for the summary.
 collect_headline() { merge_bench headline; echo "$(wc -l < "$WORK/headline.lines") points"; }
 collect_grid() { merge_bench grid; echo "$(wc -l < "$WORK/grid.lines") points"; }
+collect_onnx_gpu() { merge_bench onnx_gpu; head -n 1 "$WORK/onnx_gpu.lines"; }
 collect_gpu_tests() { "$PY" "$REPORT" junit "$OUTDIR/gpu_tests.xml"; }
 collect_kernel_bench() { "$PY" "$REPORT" kernels "$OUTDIR/kernel_bench.json" "$WORK/kernels"; }
 collect_sanitizer() {
@@ -302,7 +326,7 @@ collect_sanitizer() {
 }
 collect_memcheck() { collect_sanitizer memcheck; }
 collect_racecheck() { collect_sanitizer racecheck; }
-export -f collect_headline collect_grid collect_gpu_tests collect_kernel_bench collect_sanitizer \
+export -f collect_headline collect_grid collect_onnx_gpu collect_gpu_tests collect_kernel_bench collect_sanitizer \
     collect_memcheck collect_racecheck
 
 fake_delay() {  # seconds DIFFDET_SUITE_FAKE_SLOW asks stage $1 to sleep first (0: none)

@@ -75,7 +75,7 @@ def main() -> None:
 
     from diffdet.checkpoint import load
     from diffdet.data.build import coco_dataset
-    from diffdet.evaluation.evaluator import evaluate
+    from diffdet.evaluation import build_evaluator, inference_on_dataset
 
     torch.set_num_threads(args.threads)
     settings = args.settings.split(",")
@@ -89,8 +89,8 @@ def main() -> None:
     for setting in settings:
         detector = build(setting, model)
         start = time.perf_counter()
-        metrics = evaluate(
-            detector, dataset, torch.device("cpu"), num_boxes=args.boxes, steps=args.steps, seed=0
+        metrics = inference_on_dataset(
+            detector, dataset, build_evaluator(dataset), num_boxes=args.boxes, steps=args.steps, seed=0
         )
         wall = time.perf_counter() - start
         plain_s = wall if setting == "plain" else plain_s

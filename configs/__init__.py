@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from diffdet.errors import MissingFileError, shown
+
 PRESET_DIR = Path(__file__).resolve().parent
 
 
@@ -16,9 +18,11 @@ def preset_path(name: str) -> Path:
     """Path of the preset called ``name``.
 
     Raises:
-        ValueError: no preset has that name; the message lists the ones that exist.
+        MissingFileError (a FileNotFoundError): no file and no preset has that name; the message lists
+            the presets.
     """
     path = PRESET_DIR / f"{name}.yaml"
     if not path.is_file():
-        raise ValueError(f"unknown preset {name!r}; presets: {', '.join(list_presets()) or 'none'}")
+        presets = ", ".join(list_presets()) or "none"
+        raise MissingFileError(f"unknown preset {shown(name)} and no such file; presets: {presets}")
     return path

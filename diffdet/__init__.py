@@ -2,7 +2,10 @@
 
 Object detection as a denoising diffusion process from random boxes to object boxes, with custom
 C++/CUDA (RoIAlign, NMS) and Triton (dynamic conv, DDIM + box renewal) kernels under a thin PyTorch
-model. ``diffdet.load(path_or_preset)`` returns a ready detector.
+model. ``diffdet.load(path_or_preset)`` returns a ready detector; ``diffdet.export(model, path)``
+writes it as an ONNX or torch.export graph; ``diffdet.set_backend("published")`` (or
+``DIFFDET_BACKEND=published``) runs the published DiffusionDet computation instead of the fast one
+(see docs/backends.md).
 """
 
 from __future__ import annotations
@@ -16,4 +19,12 @@ def __getattr__(name: str):
         from diffdet.checkpoint import load
 
         return load
+    if name == "set_backend":
+        from diffdet.ops._backend import set_backend
+
+        return set_backend
+    if name == "export":  # the package diffdet.export, callable as diffdet.export(model, path, ...)
+        import diffdet.export
+
+        return diffdet.export
     raise AttributeError(f"module 'diffdet' has no attribute {name!r}")

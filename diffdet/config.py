@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from diffdet.errors import InputError, MissingFileError, cut, shown
 from diffdet.modeling.config import ModelConfig
 
 AMP_MODES = ("none", "bf16", "fp16")
@@ -74,9 +75,9 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
-            raise ValueError(f"data sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+            raise InputError(f"data sampler must be one of {SAMPLERS}, got {shown(self.sampler)}")
         if not self.repeat_threshold > 0:
-            raise ValueError(f"data repeat_threshold must be > 0, got {self.repeat_threshold}")
+            raise InputError(f"data repeat_threshold must be > 0, got {self.repeat_threshold}")
 
 
 @dataclass
@@ -119,12 +120,12 @@ class SolverConfig:
 
     def __post_init__(self) -> None:
         if self.amp not in AMP_MODES:
-            raise ValueError(f"solver amp must be one of {AMP_MODES}, got {self.amp!r}")
+            raise InputError(f"solver amp must be one of {AMP_MODES}, got {shown(self.amp)}")
         for name in ("ims_per_batch", "max_iter", "grad_accum"):
             if getattr(self, name) < 1:
-                raise ValueError(f"solver {name} must be >= 1, got {getattr(self, name)}")
+                raise InputError(f"solver {name} must be >= 1, got {getattr(self, name)}")
         if self.ims_per_batch % self.grad_accum:
-            raise ValueError(
+            raise InputError(
                 f"solver ims_per_batch ({self.ims_per_batch}) must be divisible by "
                 f"grad_accum ({self.grad_accum})"
             )
@@ -142,6 +143,9 @@ class TrainConfig:
         log_period: write a metrics line every N iterations.
         device: "auto" (CUDA when available), "cpu" or "cuda".
         deterministic: ask torch for deterministic algorithms (bitwise resume on CPU).
+        dist_timeout: seconds the processes of a multi-process run wait for each other, at the
+            rendezvous and in every collective, before stopping with an error (longer than the
+            slowest checkpoint write or evaluation, which the others wait for).
     """
 
     seed: int = 40244023
@@ -151,6 +155,11 @@ class TrainConfig:
     log_period: int = 20
     device: str = "auto"
     deterministic: bool = False
+    dist_timeout: float = 1800.0
+
+    def __post_init__(self) -> None:
+        if not self.dist_timeout > 0:
+            raise ValueError(f"train dist_timeout must be > 0 seconds, got {self.dist_timeout}")
 
 
 @dataclass
@@ -194,42 +203,44 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ValueError as err:
                 errors.append(str(err))
-        raise ValueError("; ".join(errors))
+        raise InputError("; ".join(errors))
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise ValueError(f"config key {key!r} must be a mapping, got {value!r}")
+            raise InputError(f"config key {shown(key)} must be a mapping, got {shown(value)}")
         return from_dict(tp, value, prefix=key + ".")
     if origin in (tuple, list):
         if not isinstance(value, list | tuple):
-            raise ValueError(f"config key {key!r} must be a list, got {value!r}")
+            raise InputError(f"config key {shown(key)} must be a list, got {shown(value)}")
         if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
             if len(value) != len(args):
-                raise ValueError(f"config key {key!r} must have {len(args)} items, got {list(value)}")
+                raise InputError(
+                    f"config key {shown(key)} must have {len(args)} items, got {shown(list(value))}"
+                )
             return tuple(_coerce(v, a, key) for v, a in zip(value, args, strict=True))
         items = [_coerce(v, args[0], key) for v in value]
         return tuple(items) if origin is tuple else items
     if tp is bool:
         if not isinstance(value, bool):
-            raise ValueError(f"config key {key!r} must be true or false, got {value!r}")
+            raise InputError(f"config key {shown(key)} must be true or false, got {shown(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"config key {key!r} must be an integer, got {value!r}")
+            raise InputError(f"config key {shown(key)} must be an integer, got {shown(value)}")
         return value
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
             with contextlib.suppress(ValueError):
                 value = float(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"config key {key!r} must be a number, got {value!r}")
+            raise InputError(f"config key {shown(key)} must be a number, got {shown(value)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ValueError(f"config key {key!r} must be a string, got {value!r}")
+            raise InputError(f"config key {shown(key)} must be a string, got {shown(value)}")
         return value
-    raise ValueError(f"config key {key!r} has unsupported type {tp}")
+    raise ValueError(f"config key {shown(key)} has unsupported type {tp}")
 
 
 def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
@@ -242,7 +253,7 @@ def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(names))
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"unknown config key {prefix + unknown[0]!r}; valid keys under {prefix or 'the root'}: {names}"
         )
     return cls(**{k: _coerce(v, hints[k], prefix + k) for k, v in data.items()})
@@ -271,19 +282,39 @@ def _merge(base: dict, update: dict) -> dict:
 
 
 def _read_yaml(path: Path) -> dict:
+    """The mapping a YAML config file holds, merged over its ``_base_``.
+
+    Raises:
+        MissingFileError: the file (or its base) does not exist.
+        InputError: the file is not UTF-8 YAML holding a mapping (the message names the file and line).
+    """
     if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+        raise MissingFileError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise InputError(f"config file {path}: not UTF-8 text (byte {err.start + 1})") from err
+    except yaml.YAMLError as err:
+        raise InputError(f"config file {path}: not valid YAML ({_yaml_problem(err)})") from err
     if not isinstance(data, dict):
-        raise ValueError(f"config file {path} must hold a mapping, got {type(data).__name__}")
+        raise InputError(f"config file {path} must hold a mapping, got {type(data).__name__}")
     base = data.pop("_base_", None)
+    if base is not None and not isinstance(base, str):
+        raise InputError(f"config file {path}: _base_ must be a file name, got {shown(base)}")
     return _merge(_read_yaml(path.parent / base), data) if base else data
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error in one line: its problem and line number."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}" if mark is not None else cut(problem)
 
 
 def _set_override(data: dict, item: str) -> None:
     """Apply one ``dotted.key=value`` to a nested dict, checking the key against :class:`Config`."""
     if "=" not in item:
-        raise ValueError(f"override must look like key=value, got {item!r}")
+        raise InputError(f"override must look like key=value, got {shown(item)}")
     key, raw = item.split("=", 1)
     parts = key.strip().split(".")
     cls: Any = Config
@@ -292,21 +323,32 @@ def _set_override(data: dict, item: str) -> None:
         fields = {f.name: f for f in dataclasses.fields(cls)}
         if part not in fields:
             where = ".".join(parts[:i]) or "the root"
-            raise ValueError(f"unknown config key {key!r}; valid keys under {where}: {list(fields)}")
+            raise InputError(f"unknown config key {shown(key)}; valid keys under {where}: {list(fields)}")
         tp = typing.get_type_hints(cls)[part]
         if i == len(parts) - 1:
-            node[part] = raw if tp is str else yaml.safe_load(raw)
+            node[part] = raw if tp is str else _override_value(key, raw)
         elif dataclasses.is_dataclass(tp):
             cls, node = tp, node.setdefault(part, {})
         else:
-            raise ValueError(f"config key {'.'.join(parts[: i + 1])!r} is not a section; cannot set {key!r}")
+            raise InputError(
+                f"config key {'.'.join(parts[: i + 1])!r} is not a section; cannot set {shown(key)}"
+            )
+
+
+def _override_value(key: str, raw: str) -> Any:
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise InputError(
+            f"override {key}={shown(raw)[1:-1]}: not a YAML value ({_yaml_problem(err)})"
+        ) from err
 
 
 def resolve_config_path(path: str | Path) -> Path:
     """``path`` itself, or the shipped preset of that name (``coco_r50_500boxes``, ``quickstart``...).
 
     Raises:
-        ValueError: ``path`` is no file and names no preset (the message lists the presets).
+        MissingFileError: ``path`` is no file and names no preset (the message lists the presets).
     """
     candidate = Path(path)
     if candidate.is_file() or candidate.suffix in (".yaml", ".yml"):
@@ -322,13 +364,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     Overrides apply in order.
 
     Raises:
-        FileNotFoundError: the YAML file (or its ``_base_``) does not exist.
-        ValueError: an unknown key, a malformed override, or a value of the wrong type.
+        MissingFileError (a FileNotFoundError): the YAML file (or its ``_base_``) does not exist and
+            names no preset.
+        InputError (a ValueError): a file that is not YAML, an unknown key, a malformed override, or a
+            value of the wrong type or range; the message names the file or key.
     """
     data = _read_yaml(resolve_config_path(path)) if path is not None else {}
     for item in overrides or []:
         _set_override(data, item)
-    return from_dict(Config, data)
+    try:
+        return from_dict(Config, data)
+    except ValueError as err:  # InputError, or a value the dataclasses' own checks refuse (ModelConfig's)
+        if path is None and isinstance(err, InputError):
+            raise
+        raise InputError(f"config {path}: {err}" if path is not None else f"config: {err}") from err
 
 
 def dump_config(cfg: Config, path: str | Path) -> None:

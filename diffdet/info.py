@@ -1,4 +1,5 @@
-"""``diffdet info``: versions, built backends, and which backend each op uses per device."""
+"""``diffdet info``: versions, the CPU (ISA, native bf16), built backends, and which backend each op
+uses per device."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 
 import diffdet
 from diffdet import _extension
+from diffdet.hardware import cpu_info
 from diffdet.ops import OP_BACKENDS
 from diffdet.ops._backend import describe, forced_backend, triton_error, triton_interpret
 
@@ -36,6 +38,7 @@ def collect() -> dict:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "compiler": sysconfig.get_config_var("CC") or "unknown",
+        "cpu": cpu_info(),
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
         "cuda_available": torch.cuda.is_available(),
@@ -48,6 +51,12 @@ def collect() -> dict:
     }
 
 
+def _cpu_line(cpu: dict) -> str:
+    """``model, ISA (torch: capability), native bf16: yes|no``."""
+    native = "yes" if cpu["native_bf16"] else "no (emulated: use fp32)"
+    return f"{cpu['model']}, {cpu['isa']} (torch: {cpu['torch_capability']}), native bf16: {native}"
+
+
 def format_info(info: dict) -> str:
     """Human-readable rendering of :func:`collect`."""
     c = info["compiled"]
@@ -55,6 +64,7 @@ def format_info(info: dict) -> str:
         f"diffdet      {info['diffdet']}",
         f"python       {info['python']} ({info['platform']})",
         f"compiler     {info['compiler']}",
+        f"cpu          {_cpu_line(info['cpu'])}",
         f"torch        {info['torch']} (CUDA {info['torch_cuda'] or 'none'}; "
         f"device available: {info['cuda_available']}{', ' + info['gpu'] if info['gpu'] else ''})",
         f"triton       {info['triton']}{' [TRITON_INTERPRET=1]' if info['triton_interpret'] else ''}",

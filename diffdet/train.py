@@ -1,8 +1,9 @@
 """``python -m diffdet.train --config CONFIG [key=value ...] [--resume] [--weights PATH] [--output-dir DIR]``.
 
-Single process, or DDP under ``torchrun --nproc_per_node N -m diffdet.train ...`` (NCCL on GPUs,
-gloo on CPUs). Rank 0 logs, evaluates and writes checkpoints, ``metrics.jsonl`` and the resolved
-``config.yaml`` into the output folder.
+Single process, or DDP under ``torchrun`` (one or several machines) or SLURM's ``srun`` (NCCL on
+GPUs, gloo on CPUs; docs/multinode.md). Rank 0 logs, evaluates and writes checkpoints,
+``metrics.jsonl`` and the resolved ``config.yaml`` into the output folder, which every machine must
+share.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ import numpy as np
 import torch
 
 from diffdet.config import Config, dump_config, load_config
-from diffdet.data.coco import BadAnnotationError, BadImageError, CocoDetection
+from diffdet.data.coco import CocoDetection
 from diffdet.data.crowdhuman import detection_dataset
 from diffdet.data.transforms import TrainTransform
 from diffdet.engine import distributed as du
 from diffdet.engine.trainer import Trainer
+from diffdet.errors import InputError
 
 
 def build_datasets(cfg: Config) -> tuple[CocoDetection, CocoDetection | None]:
@@ -38,11 +40,13 @@ def build_datasets(cfg: Config) -> tuple[CocoDetection, CocoDetection | None]:
     train_set = detection_dataset(
         d.train_images, d.train_annotations, transform, d.skip_bad, d.max_train_images, **kind
     )
+    train_set.check_resizable(min(d.min_size_train), d.max_size_train)  # now, not in a loader worker
     val_set = None
     if d.val_annotations:
         val_set = detection_dataset(
             d.val_images, d.val_annotations, None, d.skip_bad, d.max_val_images, **kind
         )
+        val_set.check_resizable(cfg.model.min_size_test, cfg.model.max_size_test)
     return train_set, val_set
 
 
@@ -50,10 +54,10 @@ def with_dataset_classes(cfg: Config, dataset: CocoDetection) -> Config:
     """``cfg`` with ``model.category_ids`` and ``model.class_names`` taken from the training set.
 
     Raises:
-        ValueError: ``model.num_classes`` differs from the dataset's number of categories.
+        InputError: ``model.num_classes`` differs from the dataset's number of categories.
     """
     if cfg.model.num_classes != len(dataset.category_ids):
-        raise ValueError(
+        raise InputError(
             f"model.num_classes is {cfg.model.num_classes} but the training set has "
             f"{len(dataset.category_ids)} categories; set model.num_classes={len(dataset.category_ids)}"
         )
@@ -84,11 +88,27 @@ def run(cfg: Config, resume: bool = False, weights: str | None = None) -> dict[s
     Returns:
         dict[str, float] | None: AP, AP50, ... of the last evaluation (AP50, mMR, recall, JI on
         CrowdHuman; None on other ranks or without an evaluation set).
+
+    Raises:
+        DistributedError: the processes did not all start, or one died or stopped answering, within
+            ``train.dist_timeout``.
+        ResumeMismatchError: ``resume`` with another number of processes than the checkpoint's.
     """
+    du.launch_from_env()  # under srun: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR from SLURM's variables
+    device = du.resolve_device(cfg.train.device)
+    created = du.init_distributed(device, cfg.train.dist_timeout)
+    try:
+        with du.peer_failures_as_errors(cfg.train.dist_timeout):
+            return _train(cfg, device, resume, weights)
+    finally:
+        if created:
+            du.shutdown()
+
+
+def _train(cfg: Config, device: torch.device, resume: bool, weights: str | None) -> dict[str, float] | None:
+    """:func:`run` once the process group (if any) is formed."""
     from diffdet.modeling.build import build_detector
 
-    device = du.resolve_device(cfg.train.device)
-    du.init_distributed(device)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True)
     train_set, val_set = build_datasets(cfg)
@@ -98,7 +118,10 @@ def run(cfg: Config, resume: bool = False, weights: str | None = None) -> dict[s
         require_lvis()  # now, not after training
     cfg = with_dataset_classes(cfg, train_set)
     torch.manual_seed(cfg.train.seed)
-    model = build_detector(cfg.model).to(device)
+    try:
+        model = build_detector(cfg.model).to(device)
+    except ValueError as err:  # a setting the builders refuse: an unknown backbone or norm name
+        raise InputError(f"model config: {err}") from err
     if cfg.model.loss.use_fed_loss:
         set_fed_loss_weights(model, train_set, cfg.model.loss.fed_loss_freq_weight_power)
     if weights and not resume:
@@ -132,6 +155,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--output-dir", help="shorthand for train.output_dir=DIR")
     parser.add_argument(
+        "--dist-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="shorthand for train.dist_timeout=SECONDS: how long processes wait for each other",
+    )
+    parser.add_argument(
         "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. solver.base_lr=1e-4"
     )
 
@@ -145,17 +174,25 @@ def _config_path(name: str | None) -> str | None:
     return str(preset_path(name))
 
 
-def run_args(args: argparse.Namespace) -> int:
-    """Train from parsed arguments; returns the exit status."""
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The run's config: the file or preset of ``--config`` with the overrides and shorthands."""
     overrides = list(args.overrides)
     if args.output_dir:
         overrides.append(f"train.output_dir={args.output_dir}")
-    cfg = load_config(_config_path(args.config), overrides)
-    try:
-        metrics = run(cfg, resume=args.resume, weights=args.weights)
-    except (BadAnnotationError, BadImageError, FileNotFoundError) as err:  # one line naming the file
-        print(f"train: error: {err}", file=sys.stderr)
-        return 2
+    if args.dist_timeout is not None:
+        overrides.append(f"train.dist_timeout={args.dist_timeout}")
+    return load_config(_config_path(args.config), overrides)
+
+
+def run_args(args: argparse.Namespace) -> int:
+    """Train from parsed arguments; returns the exit status.
+
+    Raises:
+        InputError: an unusable config, dataset or weights file (the caller prints it as one line).
+    """
+    cfg = config_from_args(args)
+    # InputError and DistributedError become one line in diffdet.cli.failure
+    metrics = run(cfg, resume=args.resume, weights=args.weights)
     if metrics is not None:
         name = "CrowdHuman" if "mMR" in metrics else "box AP"
         print(f"{name}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
@@ -164,9 +201,11 @@ def run_args(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m diffdet.train``; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m diffdet.train", description=__doc__.split("\n")[0])
+    from diffdet.cli.failure import CommandParser, run_command
+
+    parser = CommandParser(prog="python -m diffdet.train", description=__doc__.split("\n")[0])
     add_arguments(parser)
-    return run_args(parser.parse_args(argv))
+    return run_command(parser.prog, lambda: run_args(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ import contextlib
 import io
 import itertools
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 from PIL import Image
 
 from diffdet.bench.grid import published_comparison, run_grid, synthetic_images
-from diffdet.bench.pipeline import check_modes, folded_copy, op_backend, published_copy, staged_detect
+from diffdet.bench.pipeline import check_modes, folded_copy, published_copy, staged_detect
 from diffdet.bench.plot import Series, VLine, line_chart, nice_ticks
 from diffdet.bench.settings import GridSettings
 from diffdet.bench.timing import Clock, percentile, summarize, time_calls
@@ -72,16 +71,6 @@ def test_staged_detect_equals_model_call_and_parts_add_up(model):
     assert sum(parts[n] for n in names) == pytest.approx(parts["total"], rel=1e-6)
 
 
-def test_op_backend_restores_the_environment(monkeypatch):
-    monkeypatch.setenv("DIFFDET_BACKEND", "compiled")
-    with op_backend("reference"):
-        assert os.environ["DIFFDET_BACKEND"] == "reference"
-    assert os.environ["DIFFDET_BACKEND"] == "compiled"
-    with op_backend(None):
-        assert "DIFFDET_BACKEND" not in os.environ
-    assert os.environ["DIFFDET_BACKEND"] == "compiled"
-
-
 def test_folded_copy_is_fused_and_cast_and_published_copy_is_not(model):
     fast = folded_copy(model, torch.bfloat16)
     assert fast.head.time_mlp[1].weight.dtype == torch.bfloat16
@@ -92,22 +81,6 @@ def test_folded_copy_is_fused_and_cast_and_published_copy_is_not(model):
     published = published_copy(model)
     assert not published.inference_fusion and not published.backbone.bottom_up.stem.conv1.fold_at_inference
     assert model.head.time_mlp[1].weight.dtype == torch.float32 and model.inference_fusion  # untouched
-
-
-@pytest.mark.parametrize(
-    ("flags", "isa"),
-    [
-        ("fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile", "AMX"),
-        ("fpu avx2 avx512f avx512_bf16", "AVX512-BF16"),
-        ("fpu avx2 avx512f avx512bw avx512_vnni", "AVX512"),
-        ("fpu avx avx2 fma", "AVX2"),
-    ],
-)
-def test_cpu_isa_names_the_widest_matrix_isa(monkeypatch, flags, isa):
-    from diffdet.bench import report
-
-    monkeypatch.setattr(report, "_cpuinfo_field", lambda name: flags if name == "flags" else None)
-    assert report.cpu_isa() == isa
 
 
 def test_graph_modes_need_cuda():
@@ -199,7 +172,7 @@ def test_bench_command_writes_table_json_and_plot(tmp_path):
 def test_bench_on_cpu_puts_fp32_and_bf16_beside_the_baseline_at_every_batch(tmp_path):
     """The CPU default modes (fp32, bf16), a batch list, the ISA in the title and the JSON, and bf16's
     match against fp32 (IoU 0.9, same label) in its record and the table."""
-    from diffdet.bench.report import cpu_isa
+    from diffdet.hardware import cpu_isa
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):

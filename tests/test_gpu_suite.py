@@ -20,7 +20,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITE = ROOT / "benchmarks" / "gpu_suite.sh"
-STAGES = ["build", "headline", "gpu_tests", "kernel_bench", "memcheck", "grid", "racecheck"]
+STAGES = ["build", "headline", "gpu_tests", "kernel_bench", "memcheck", "grid", "racecheck", "onnx_gpu"]
 
 pytestmark = pytest.mark.skipif(
     shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and coreutils timeout"
@@ -65,7 +65,7 @@ def test_dry_run_writes_every_stage_in_value_order_into_a_flat_folder(dry_run):
     check_layout(out)
     assert {p.name for p in out.iterdir()} == {
         "summary.txt", "suite.json", "logs.txt", "headline.json", "gpu_tests.xml", "kernel_bench.json",
-        "grid.json",
+        "grid.json", "onnx_gpu.json",
     }  # fmt: skip
     summary = (out / "summary.txt").read_text()
     assert len(summary.splitlines()) <= 30  # one screen
@@ -82,6 +82,9 @@ def test_dry_run_writes_every_stage_in_value_order_into_a_flat_folder(dry_run):
     assert "x published" in summary and "5x1 FPS" in summary
     grid = json.loads((out / "grid.json").read_text())
     assert {r["steps"] for r in grid["records"]} == {1, 2}
+    assert rows["onnx_gpu"]["status"] == "ok", rows["onnx_gpu"]
+    onnx_gpu = json.loads((out / "onnx_gpu.json").read_text())
+    assert {r["mode"] for r in onnx_gpu["records"] if r["backend"] == "fast"} == {"fp32", "onnxruntime"}
     logs = (out / "logs.txt").read_text()
     assert all(f"===== {s}:" in logs for s in ("preflight", "headline", "gpu_tests", "grid"))
 

@@ -126,7 +126,7 @@ def test_nothing_below_the_command_line_imports_it():
         for target in targets
         if target.startswith("diffdet.cli")
         and not name.startswith("diffdet.cli")
-        and name != "diffdet.__main__"
+        and name not in ("diffdet.__main__", "diffdet.train")  # `python -m` entry points: command lines
     }
     assert offenders == set()
 
@@ -141,3 +141,10 @@ def test_no_scoring_code_at_the_top_of_the_package():
         "detect",
         "quickstart",
     }
+
+
+def test_every_package_folder_has_an_init():
+    """A folder of modules without ``__init__.py`` is a namespace package: setuptools' package discovery
+    leaves it out of the wheel."""
+    folders = {p.parent for p in (ROOT / "diffdet").rglob("*.py")}
+    assert sorted(str(f.relative_to(ROOT)) for f in folders if not (f / "__init__.py").is_file()) == []

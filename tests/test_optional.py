@@ -59,7 +59,7 @@ def test_reading_coco_without_pycocotools_names_it(tmp_path, no_pycocotools):
 
 
 def test_scoring_without_pycocotools_names_it(no_pycocotools):
-    from diffdet.evaluation.evaluator import coco_box_ap
+    from diffdet.evaluation.coco import coco_box_ap
 
     results = [{"image_id": 1, "category_id": 7, "bbox": [2, 3, 10, 8], "score": 0.9}]
     with pytest.raises(MissingDependencyError, match="COCO evaluation needs the 'pycocotools'"):

@@ -1,7 +1,9 @@
 """The (num_boxes x steps) grid: FPS of every fast mode beside baseline op backends, and optional AP.
 
-At each grid point the baselines (fp32, eager; ``DIFFDET_BACKEND=reference``: the plain-PyTorch ops;
-``published``: the ops the published code runs) and then every fast mode run back to back, so each
+At each grid point the baselines (fp32, eager; ``set_backend("reference")``: the plain-PyTorch ops;
+``set_backend("published")``: the published computation, its ops, NCHW unfolded backbone and Swin
+attention, see :func:`diffdet.set_backend`) and then every fast mode (``set_backend("auto")``, whatever
+``DIFFDET_BACKEND`` says) run back to back, so each
 fast figure comes with its speed ratio to each baseline measured side by side, and with how far its
 detections are from the baseline's (same images, same noise). The baselines run a copy of the model
 whose backbone runs as the published code's does (:func:`published_copy`: NCHW, FrozenBN unfolded);
@@ -12,7 +14,9 @@ fp32 mode (``vs_fp32``: the share of fp32 detections it finds at IoU 0.9 with th
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -23,13 +27,14 @@ from diffdet.bench.pipeline import (
     folded_copy,
     graph_runner,
     mode_dtype,
-    op_backend,
     published_copy,
     staged_detect,
 )
+from diffdet.bench.runtimes import check_runtimes, runtime_runs
 from diffdet.bench.settings import PUBLISHED, GridSettings
 from diffdet.bench.timing import Clock, percentile, summarize
 from diffdet.modeling.detector import DiffusionDet
+from diffdet.ops._backend import AUTO, set_backend
 
 
 def synthetic_images(batch: int, size: tuple[int, int], seed: int, device: torch.device) -> list[Tensor]:
@@ -52,19 +57,19 @@ def _eager(
     model: DiffusionDet, images: list[Tensor], p: int, s: int, seed: int, clock: Clock, backend: str | None
 ) -> Run:
     def run() -> tuple[list[dict[str, Tensor]], dict[str, float]]:
-        with op_backend(backend):
+        with set_backend(backend or AUTO):
             return staged_detect(model, images, num_boxes=p, steps=s, seed=seed, clock=clock)
 
     return run
 
 
 def _graph(model: DiffusionDet, images: list[Tensor], p: int, s: int, seed: int, clock: Clock) -> Run:
-    with op_backend(None):
+    with set_backend(AUTO):
         replay = graph_runner(model, images, num_boxes=p, steps=s, seed=seed)
 
     def run() -> tuple[list[dict[str, Tensor]], dict[str, float]]:
         start = clock.mark()
-        with op_backend(None):
+        with set_backend(AUTO):
             detections = replay()
         end = clock.mark()
         clock.sync()
@@ -128,6 +133,8 @@ def run_grid(
         (median per component; None for CUDA-graph modes), and for fast records per baseline B
         ``speedup_vs_B`` and ``vs_B`` (see :func:`~diffdet.bench.pipeline.compare_detections`),
         for bf16/fp16 modes beside an fp32 mode ``vs_fp32`` (matched at IoU :data:`LOW_PRECISION_IOU`),
+        records of exported runtimes (``mode`` = the runtime's name, after the modes) with
+        ``speedup_vs_fp32`` and ``vs_fp32`` beside the fp32 mode,
         ``ap`` (dict of
         COCO metrics) when ``settings.ap_fn`` is set (for graph modes measured eagerly on the same
         model: the graph replays the same computation).
@@ -145,37 +152,54 @@ def run_grid(
         m: fp32 if mode_dtype(m) == torch.float32 else folded_copy(model, mode_dtype(m)) for m in modes
     }
     records = []
-    for p in settings.boxes:
-        for s in settings.steps:
+    exported = [r for r in check_runtimes(settings.runtimes) if r != "eager"]
+    with tempfile.TemporaryDirectory(prefix="diffdet-bench-") as scratch:
+        for p in settings.boxes:
+            for s in settings.steps:
+                if progress:
+                    progress(f"{p} boxes x {s} steps")
+                runs = {
+                    b: _eager(published, images, p, s, settings.seed, clock, b) for b in settings.baselines
+                }
+                for mode in modes:
+                    if mode.startswith("graph"):
+                        runs[mode] = _graph(variants[mode], images, p, s, settings.seed, clock)
+                    else:
+                        runs[mode] = _eager(variants[mode], images, p, s, settings.seed, clock, None)
+                runs |= runtime_runs(
+                    model, images, exported, num_boxes=p, steps=s, seed=settings.seed, clock=clock,
+                    folder=Path(scratch), threads=torch.get_num_threads() if device.type == "cpu" else None,
+                )  # fmt: skip
+                records += _point_records(runs, modes, exported, variants, settings, p, s, progress)
+    return records
+
+
+def _point_records(
+    runs: dict[str, Run], modes: list[str], exported: list[str], variants: dict[str, DiffusionDet],
+    settings: GridSettings, p: int, s: int, progress: Callable[[str], None] | None,
+) -> list[dict]:  # fmt: skip
+    """Time one grid point's runs and turn them into records (baselines, modes, then runtimes)."""
+    measured = _measure(runs, settings.warmup, settings.iters)
+    records, baselines = [], {}
+    for name in settings.baselines:
+        dets, stats, components = measured[name]
+        baselines[name] = (dets, _record("fp32", name, p, s, settings.batch, stats, components))
+        records.append(baselines[name][1])
+    for mode in [*modes, *exported]:
+        dets, stats, components = measured[mode]
+        record = _record(mode, "fast", p, s, settings.batch, stats, components)
+        for name, (base_dets, base) in baselines.items():
+            record[f"speedup_vs_{name}"] = base["median_ms"] / record["median_ms"]
+            record[f"vs_{name}"] = compare_detections(dets, base_dets)
+        if mode in exported and "fp32" in measured:
+            record["speedup_vs_fp32"] = measured["fp32"][1]["median_ms"] / record["median_ms"]
+        if (mode in exported or mode_dtype(mode) != torch.float32) and "fp32" in measured:
+            record["vs_fp32"] = compare_detections(dets, measured["fp32"][0], match_iou=LOW_PRECISION_IOU)
+        if settings.ap_fn is not None and mode in variants:
             if progress:
-                progress(f"{p} boxes x {s} steps")
-            runs = {b: _eager(published, images, p, s, settings.seed, clock, b) for b in settings.baselines}
-            for mode in modes:
-                if mode.startswith("graph"):
-                    runs[mode] = _graph(variants[mode], images, p, s, settings.seed, clock)
-                else:
-                    runs[mode] = _eager(variants[mode], images, p, s, settings.seed, clock, None)
-            measured = _measure(runs, settings.warmup, settings.iters)
-            baselines = {}
-            for name in settings.baselines:
-                dets, stats, components = measured[name]
-                baselines[name] = (dets, _record("fp32", name, p, s, settings.batch, stats, components))
-                records.append(baselines[name][1])
-            for mode in modes:
-                dets, stats, components = measured[mode]
-                record = _record(mode, "fast", p, s, settings.batch, stats, components)
-                for name, (base_dets, base) in baselines.items():
-                    record[f"speedup_vs_{name}"] = base["median_ms"] / record["median_ms"]
-                    record[f"vs_{name}"] = compare_detections(dets, base_dets)
-                if mode_dtype(mode) != torch.float32 and "fp32" in measured:
-                    record["vs_fp32"] = compare_detections(
-                        dets, measured["fp32"][0], match_iou=LOW_PRECISION_IOU
-                    )
-                if settings.ap_fn is not None:
-                    if progress:
-                        progress(f"AP {mode} {p} boxes x {s} steps")
-                    record["ap"] = settings.ap_fn(variants[mode], p, s)
-                records.append(record)
+                progress(f"AP {mode} {p} boxes x {s} steps")
+            record["ap"] = settings.ap_fn(variants[mode], p, s)
+        records.append(record)
     return records
 
 

@@ -16,10 +16,8 @@ The detections are those of ``model(images, num_boxes=P, steps=S, seed=seed)`` (
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -55,23 +53,6 @@ def check_modes(modes: Sequence[str], device: torch.device) -> list[str]:
     return list(modes)
 
 
-@contextlib.contextmanager
-def op_backend(name: str | None) -> Iterator[None]:
-    """Set ``DIFFDET_BACKEND`` to ``name`` (None: unset) inside the block; ops read it per call."""
-    old = os.environ.get("DIFFDET_BACKEND")
-    if name is None:
-        os.environ.pop("DIFFDET_BACKEND", None)
-    else:
-        os.environ["DIFFDET_BACKEND"] = name
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("DIFFDET_BACKEND", None)
-        else:
-            os.environ["DIFFDET_BACKEND"] = old
-
-
 def folded_copy(model: DiffusionDet, dtype: torch.dtype) -> DiffusionDet:
     """A copy of ``model`` for the fast modes, cast to ``dtype``, its inference fusions on and warm
     (FrozenBN folded, channels-last backbone; see :meth:`DiffusionDet.fuse_for_inference`)."""
@@ -80,7 +61,9 @@ def folded_copy(model: DiffusionDet, dtype: torch.dtype) -> DiffusionDet:
 
 def published_copy(model: DiffusionDet) -> DiffusionDet:
     """A float32 copy of ``model`` that runs its backbone as the published code does (NCHW, every
-    FrozenBN an elementwise pass, no fused post-ops): the baselines' model."""
+    FrozenBN an elementwise pass, no fused post-ops) under any backend: the baselines' model (the
+    ``published`` baseline runs it under ``set_backend("published")``, which implies that layout and
+    the published Swin attention as well)."""
     return copy.deepcopy(model).eval().float().fuse_for_inference(False)
 
 

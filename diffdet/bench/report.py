@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import platform
 import subprocess
 from pathlib import Path
 
@@ -12,42 +11,14 @@ import torch
 from diffdet.bench.grid import published_comparison
 from diffdet.bench.plot import MARKERS, PALETTE, Series, VLine, line_chart
 from diffdet.bench.settings import BASELINES
+from diffdet.hardware import cpu_model_name
 
 
 def device_name(device: torch.device) -> str:
     """The card's name for CUDA devices, else the CPU's model name (with the threads torch uses)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    cpu = _cpuinfo_field("model name") or platform.processor() or platform.machine()
-    return f"CPU {cpu} ({torch.get_num_threads()} threads)"
-
-
-# Widest matrix ISA first: what bf16 (and fp32) convolutions and GEMMs can use through oneDNN.
-_ISA_FLAGS = (("AMX", "amx_bf16"), ("AVX512-BF16", "avx512_bf16"), ("AVX512", "avx512f"), ("AVX2", "avx2"))
-
-
-def cpu_isa() -> str:
-    """The widest of AMX / AVX512-BF16 / AVX512 / AVX2 this CPU has (``/proc/cpuinfo`` flags), else
-    what ``torch.backends.cpu.get_cpu_capability()`` reports. Only AMX and AVX512-BF16 run bf16
-    arithmetic natively; on the others oneDNN converts bf16 to fp32 in software."""
-    flags = set((_cpuinfo_field("flags") or "").split())
-    for name, flag in _ISA_FLAGS:
-        if flag in flags:
-            return name
-    return torch.backends.cpu.get_cpu_capability()
-
-
-def _cpuinfo_field(name: str) -> str | None:
-    """The first ``name : value`` of /proc/cpuinfo, or None (no such file or field)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == name:
-            return value.strip()
-    return None
+    return f"CPU {cpu_model_name()} ({torch.get_num_threads()} threads)"
 
 
 # Results files a benchmark run rewrites: changes there do not make the measured source "dirty".
@@ -84,24 +55,26 @@ def format_table(records: list[dict], device: str, isa: str | None = None) -> st
     Columns: boxes, steps, batch, mode, backend, median and p90 ms, images/s, then per baseline the
     speed ratio to it and whether the detections match its rank by rank (else the share matched at IoU
     0.95; then the max box difference in pixels), for low-precision modes the share of the fp32 mode's
-    detections matched at IoU 0.9 with the same label, AP. ``isa`` (see :func:`cpu_isa`) goes in the
-    title.
+    detections matched at IoU 0.9 with the same label (exported runtimes too, after their speed ratio to
+    the fp32 mode), AP. ``isa`` (see :func:`diffdet.hardware.cpu_isa`) goes in the title.
     """
     baselines = [b for b in BASELINES if any(r["backend"] == b for r in records)]
     low = any("vs_fp32" in r for r in records)
     head = (
-        f"{'boxes':>6} {'steps':>5} {'batch':>5} {'mode':<11}{'backend':<10}{'median ms':>10}{'p90 ms':>10}"
+        f"{'boxes':>6} {'steps':>5} {'batch':>5} {'mode':<12}{'backend':<10}{'median ms':>10}{'p90 ms':>10}"
         f"{'img/s':>9}"
     )
     for b in baselines:
         head += f"{'x ' + b[:3]:>8}  {'same dets as ' + b[:3] + ' (box diff px)':<30}"
+    runtimes = any("speedup_vs_fp32" in r for r in records)
+    head += f"{'x fp32':>8}" if runtimes else ""
     head += f"{'fp32 dets @IoU.9':>17}" if low else ""
     head += f"{'AP':>6}"
     title = f"end-to-end detection on {device}" + (f", ISA {isa}" if isa else "")
     lines = [title, head, "-" * len(head)]
     for r in records:
         line = (
-            f"{r['num_boxes']:>6} {r['steps']:>5} {r['batch']:>5} {r['mode']:<11}{r['backend']:<10}"
+            f"{r['num_boxes']:>6} {r['steps']:>5} {r['batch']:>5} {r['mode']:<12}{r['backend']:<10}"
             f"{r['median_ms']:>10.2f}{r['p90_ms']:>10.2f}{r['fps']:>9.2f}"
         )
         for b in baselines:
@@ -111,6 +84,8 @@ def format_table(records: list[dict], device: str, isa: str | None = None) -> st
                 same = "yes" if v["same_count"] and v["same_labels"] else f"NO, {v['matched']:.0%} matched"
                 ratio, match = f"{r[f'speedup_vs_{b}']:.2f}", f"{same} ({v['max_box_diff']:.2g})"
             line += f"{ratio:>8}  {match:<30}"
+        if runtimes:
+            line += f"{format(r['speedup_vs_fp32'], '.2f') if 'speedup_vs_fp32' in r else '-':>8}"
         if low:
             line += f"{format(r['vs_fp32']['matched'], '.1%') if 'vs_fp32' in r else '-':>17}"
         ap = f"{100 * r['ap']['AP']:.1f}" if r.get("ap") else "-"

@@ -9,8 +9,13 @@ MODES = ("fp32", "bf16", "fp16", "graph", "graph-bf16", "graph-fp16")
 """Fast-path modes: eager in a dtype, or the CUDA graph of the sampling loop ("graph" is fp32)."""
 
 BASELINES = ("reference", "published")
-"""Op backends a fast figure is compared with (``DIFFDET_BACKEND``): the plain-PyTorch references, or
-what the published code runs (torchvision's roi_align per level and batched_nms, references elsewhere)."""
+"""Backends a fast figure is compared with (run under ``diffdet.set_backend``): the plain-PyTorch
+references, or the published computation (torchvision's roi_align per level and batched_nms, references
+elsewhere, the NCHW unfolded backbone, the published Swin attention)."""
+
+RUNTIMES = ("eager", "onnxruntime", "openvino", "int8", "torch")
+"""``--runtimes`` names: eager PyTorch (the fp32 mode), the exported graph in ONNX Runtime, in
+OpenVINO, int8 (dynamically quantized) in ONNX Runtime, and the ``.pt2`` graph in PyTorch."""
 
 DEFAULT_BOXES = (100, 300, 500, 1000, 2000)
 DEFAULT_STEPS = (1, 2, 4)
@@ -43,6 +48,8 @@ class GridSettings:
             figure its speed ratio and detection comparison.
         seed: seed of the images and of the sampler's noise.
         ap_fn: ``(model, num_boxes, steps) -> COCO metrics``, called per fast mode and point when set.
+        runtimes: exported runtimes also timed at each point (names of
+            :data:`RUNTIMES`; ``eager`` is the fp32 mode), each exported there.
     """
 
     boxes: Sequence[int] = DEFAULT_BOXES
@@ -55,6 +62,7 @@ class GridSettings:
     baselines: Sequence[str] = ("reference",)
     seed: int = 0
     ap_fn: Callable[[object, int, int], dict[str, float]] | None = field(default=None, repr=False)
+    runtimes: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         for name in ("boxes", "steps"):

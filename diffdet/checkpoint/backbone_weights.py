@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from diffdet.checkpoint.safe_io import load_pickle, torch_load
+from diffdet.errors import InputError, MissingFileError
 from diffdet.modeling.backbone import FPN, ResNet, SwinTransformer
 
 _PREFIXES = ("module.", "backbone.bottom_up.")
@@ -89,13 +90,14 @@ def read_backbone_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         (torchvision names are renamed) or as in the Swin file (unchanged).
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
-        pickle.UnpicklingError: the file holds anything but tensors, numpy arrays and containers.
-        ValueError: the file has Caffe2/MSRA names or no recognisable weights.
+        MissingFileError (a FileNotFoundError): ``path`` does not exist.
+        BadWeightsError (a pickle.UnpicklingError): the file is not a weights file (empty, truncated,
+            text) or holds anything but tensors, numpy arrays and containers.
+        InputError (a ValueError): the file has Caffe2/MSRA names or no recognisable weights.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"backbone weights {path} do not exist")
+        raise MissingFileError(f"backbone weights {path} do not exist")
     obj: Any = load_pickle(path) if path.suffix == ".pkl" else torch_load(path)
     if isinstance(obj, Mapping) and "blobs" in obj:
         obj = obj["blobs"]
@@ -104,9 +106,9 @@ def read_backbone_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     elif isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
-        raise ValueError(f"{path}: expected a dict of weights, got {type(obj).__name__}")
+        raise InputError(f"{path}: expected a dict of weights, got {type(obj).__name__}")
     if "conv1_w" in obj or any(re.match(r"res\d_\d+_branch", str(k)) for k in obj):
-        raise ValueError(
+        raise InputError(
             f"{path} has Caffe2/MSRA names (BGR input, stride in the 1x1 conv); diffdet follows the "
             "reference and uses the torchvision-converted weights: detectron2://ImageNetPretrained/torchvision/R-50.pkl"
         )
@@ -122,7 +124,7 @@ def read_backbone_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         if isinstance(value, torch.Tensor):
             weights[name] = value
     if not weights:
-        raise ValueError(f"{path}: no tensors or arrays found")
+        raise InputError(f"{path}: no tensors or arrays found")
     return weights
 
 
@@ -146,7 +148,7 @@ def _check_swin_fit(path: str | os.PathLike, weights: dict, own: dict) -> None:
     unexpected = [k for k in trunk if k not in own]
     missing = [k for k in own if k.startswith(_SWIN_TRUNK) and k not in weights]
     if unexpected or missing:
-        raise ValueError(
+        raise InputError(
             f"{path} does not fit this Swin trunk (another size or not Swin weights): "
             f"{len(missing)} trunk keys missing {missing[:10]}, "
             f"{len(unexpected)} unexpected {unexpected[:10]}"
@@ -169,9 +171,10 @@ def load_backbone_weights(target: nn.Module, path: str | os.PathLike) -> Backbon
         The :class:`BackboneWeightsReport`.
 
     Raises:
-        ValueError: a shared key has a different shape, no key matches (wrong file or model), or a
-            Swin file is for another size; the message names the keys.
-        FileNotFoundError, pickle.UnpicklingError: see :func:`read_backbone_weights`.
+        InputError (a ValueError): a shared key has a different shape, no key matches (wrong file or
+            model), or a Swin file is for another size; the message names the keys.
+        MissingFileError, BadWeightsError: see :func:`read_backbone_weights`.
+        ValueError: ``target`` has no ResNet or Swin trunk.
     """
     trunk = _find_trunk(target)
     weights = read_backbone_weights(path)
@@ -183,9 +186,9 @@ def load_backbone_weights(target: nn.Module, path: str | os.PathLike) -> Backbon
         if weights[k].shape != own[k].shape
     ]
     if wrong:
-        raise ValueError(f"{path}: {len(wrong)} shape mismatches with the backbone: {wrong[:10]}")
+        raise InputError(f"{path}: {len(wrong)} shape mismatches with the backbone: {wrong[:10]}")
     if not shared:
-        raise ValueError(
+        raise InputError(
             f"{path}: no key matches the backbone "
             f"(file keys {sorted(weights)[:5]}, model keys {sorted(own)[:5]})"
         )

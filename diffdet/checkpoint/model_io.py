@@ -22,6 +22,7 @@ from diffdet.checkpoint.convert import (
 )
 from diffdet.checkpoint.presets import resolve
 from diffdet.checkpoint.safe_io import atomic_save, torch_load
+from diffdet.hardware import warn_if_bf16_is_emulated
 from diffdet.modeling.backbone import has_folded_batchnorm
 from diffdet.modeling.config import ModelConfig
 
@@ -224,7 +225,8 @@ def load(
             "lvis_r101", "lvis_swinb", "quickstart").
         device: where to put the model.
         dtype: floating dtype of the weights (e.g. torch.float16); None keeps float32. The diffusion
-            schedule stays float64.
+            schedule stays float64. bfloat16 on a CPU without bf16 arithmetic (no AMX/AVX512-BF16)
+            warns once that it is emulated and several times slower than fp32, and runs bf16 anyway.
         **overrides: ModelConfig fields to change, e.g. ``num_proposals=300``.
 
     Returns:
@@ -244,4 +246,5 @@ def load(
     if preset is not None and detect_layout(checkpoint) == "reference":
         overrides = {**preset.model_overrides, **overrides}
     model = model_from_checkpoint(checkpoint, **overrides)
+    warn_if_bf16_is_emulated(device, dtype)
     return model.to(device=device, dtype=dtype).eval().fuse_for_inference()

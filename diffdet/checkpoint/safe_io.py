@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from diffdet.errors import BadWeightsError, MissingFileError, cut
+
 try:  # numpy >= 2
     from numpy._core import multiarray as _multiarray
     from numpy._core import numeric as _numeric
@@ -127,19 +129,30 @@ def load_pickle(path: str | os.PathLike) -> Any:
         tensors.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
-        pickle.UnpicklingError: the file names any other global, or holds an object-dtype array.
+        MissingFileError (a FileNotFoundError): ``path`` does not exist.
+        BadWeightsError (a pickle.UnpicklingError): the file names any other global, holds an
+            object-dtype array, or is no pickle (empty, truncated, text); the message names ``path``.
     """
+    if not Path(path).is_file():
+        raise MissingFileError(f"weights file {path} does not exist")
     with open(path, "rb") as f:
-        # latin1: Python 2 pickles (detectron2's MSRA files) store array bytes as str.
-        obj = RestrictedUnpickler(f, encoding="latin1").load()
+        try:
+            # latin1: Python 2 pickles (detectron2's MSRA files) store array bytes as str.
+            obj = RestrictedUnpickler(f, encoding="latin1").load()
+        except pickle.UnpicklingError as err:
+            raise BadWeightsError(f"{path}: {err}") from None
+        except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError, MemoryError) as err:
+            # what a truncated or foreign byte stream makes the unpickler raise (nothing was executed)
+            raise BadWeightsError(
+                f"{path}: not a readable pickle ({type(err).__name__}: {cut(str(err))})"
+            ) from None
     _reject_object_arrays(obj, str(path))
     return obj
 
 
 def _reject_object_arrays(obj: Any, where: str) -> None:
     if isinstance(obj, np.ndarray) and obj.dtype.hasobject:
-        raise pickle.UnpicklingError(f"{where}: refusing an object-dtype numpy array")
+        raise BadWeightsError(f"{where}: refusing an object-dtype numpy array")
     if isinstance(obj, dict):
         for value in obj.values():
             _reject_object_arrays(value, where)
@@ -162,27 +175,30 @@ def torch_load(path: str | os.PathLike) -> Any:
         The loaded object, tensors on the CPU (memory-mapped, copy-on-write, for zip-format files).
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
-        pickle.UnpicklingError: the file holds objects other than tensors, numpy values and plain
-            containers (nothing of it is executed), or is not a torch file; the message names ``path``.
+        MissingFileError (a FileNotFoundError): ``path`` does not exist.
+        BadWeightsError (a pickle.UnpicklingError): the file holds objects other than tensors, numpy
+            values and plain containers (nothing of it is executed), or is not a torch file (empty,
+            truncated, text); the message names ``path``.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise MissingFileError(f"checkpoint {path} does not exist")
     is_zip = zipfile.is_zipfile(path)
     with open(path, "rb") as f:
         if not is_zip and f.read(1) != pickle.PROTO:
-            raise pickle.UnpicklingError(
-                f"{path}: not a torch checkpoint (neither a zip archive nor a pickle)"
-            )
+            raise BadWeightsError(f"{path}: not a torch checkpoint (neither a zip archive nor a pickle)")
     try:
         with torch.serialization.safe_globals(_torch_safe_globals()):
             # mmap: tensors are read from the file when used, so loading a model holds no second copy.
             return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as e:
-        raise pickle.UnpicklingError(
+        raise BadWeightsError(
             f"{path}: refusing to load; it is not a plain checkpoint of tensors and containers "
-            f"(read with weights_only=True, nothing was executed): {_weights_only_reason(str(e))}"
+            f"(read with weights_only=True, nothing was executed): {cut(_weights_only_reason(str(e)), 300)}"
+        ) from None
+    except (RuntimeError, EOFError, ValueError) as e:  # torch's readers on a truncated or damaged file
+        raise BadWeightsError(
+            f"{path}: truncated or damaged torch checkpoint ({cut(' '.join(str(e).split()), 120)})"
         ) from None
 
 

@@ -52,12 +52,19 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Cal
         lambda parser: _lazy("diffdet.cli.bench", "bench_args")(parser),
         lambda args: _lazy("diffdet.cli.bench", "bench_main")(args),
     ),
+    "export": (
+        "write a detector as a fixed-shape ONNX or torch.export (.pt2) graph, noise as an input",
+        lambda parser: _lazy("diffdet.cli.export", "export_args")(parser),
+        lambda args: _lazy("diffdet.cli.export", "export_main")(args),
+    ),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every registered subcommand."""
-    parser = argparse.ArgumentParser(
+    from diffdet.cli.failure import CommandParser
+
+    parser = CommandParser(
         prog="diffdet", description="Fast, faithful DiffusionDet: detection by denoising diffusion."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -67,20 +74,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``diffdet`` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
-    from diffdet.cli.options import USAGE_ERROR
-    from diffdet.optional import MissingDependencyError
+    """Entry point of the ``diffdet`` console script; returns the exit status (2 with one line on stderr
+    on unusable input, :mod:`diffdet.cli.failure`)."""
+    from diffdet.cli.failure import run_command
 
-    try:
-        return SUBCOMMANDS[args.command][2](args)
-    except MissingDependencyError as err:  # e.g. `diffdet eval` where pycocotools is not installed
-        print(f"diffdet {args.command}: error: {err}", file=sys.stderr)
-        return USAGE_ERROR
+    parser = build_parser()
+
+    def parse_and_run() -> int:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 0
+        return run_command(f"diffdet {args.command}", lambda: SUBCOMMANDS[args.command][2](args))
+
+    return run_command(parser.prog, parse_and_run)
 
 
 if __name__ == "__main__":

@@ -15,11 +15,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from diffdet.bench.settings import BASELINES, DEFAULT_BOXES, DEFAULT_STEPS, MODES, GridSettings
-from diffdet.cli.options import USAGE_ERROR, image_size, ints, load_detector, pick_device
+from diffdet.bench.settings import BASELINES, DEFAULT_BOXES, DEFAULT_STEPS, MODES, RUNTIMES, GridSettings
+from diffdet.cli.options import (
+    USAGE_ERROR,
+    image_size,
+    load_detector,
+    non_negative_int,
+    pick_device,
+    positive_int,
+    positive_ints,
+    warn_if_bf16_is_emulated,
+)
 from diffdet.data.build import coco_dataset
 from diffdet.errors import InputError
-from diffdet.evaluation.evaluator import run_eval
 
 if TYPE_CHECKING:  # the parser is built without importing torch (``diffdet --help`` stays fast)
     import torch
@@ -50,10 +58,13 @@ def bench_args(parser: argparse.ArgumentParser) -> None:
         "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. model.backbone=R18"
     )
     parser.add_argument(
-        "--boxes", type=ints, default=list(DEFAULT_BOXES), help="num_boxes grid (default %(default)s)"
+        "--boxes",
+        type=positive_ints,
+        default=list(DEFAULT_BOXES),
+        help="num_boxes grid (default %(default)s)",
     )
     parser.add_argument(
-        "--steps", type=ints, default=list(DEFAULT_STEPS), help="steps grid (default %(default)s)"
+        "--steps", type=positive_ints, default=list(DEFAULT_STEPS), help="steps grid (default %(default)s)"
     )
     parser.add_argument(
         "--modes", type=lambda s: s.split(","), default=None,
@@ -66,24 +77,36 @@ def bench_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--baselines", type=lambda s: [b for b in s.split(",") if b], default=["reference"],
         help=f"op backends to compare with, among {','.join(BASELINES)} (default reference; "
-        "published: the ops the published code runs); '' for none",
+        "published: the published computation, see docs/backends.md); '' for none",
     )  # fmt: skip
     parser.add_argument(
-        "--batch", type=ints, default=[1], help="images per call; a list measures each (e.g. 1,4)"
+        "--runtimes", type=lambda s: [r for r in s.split(",") if r], default=[],
+        help=f"also export the model at each point and time it in these runtimes, among "
+        f"{','.join(RUNTIMES)} (eager: the fp32 mode; int8: ONNX Runtime on a dynamically quantized file)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--batch", type=positive_ints, default=[1], help="images per call; a list measures each (e.g. 1,4)"
     )
     parser.add_argument(
         "--size", type=image_size, default=(800, 1333), help="input HxW; also the test resize (800x1333)"
     )
-    parser.add_argument("--warmup", type=int, default=3, help="untimed calls per point (default 3)")
-    parser.add_argument("--iters", type=int, default=10, help="timed calls per point (default 10)")
+    parser.add_argument(
+        "--warmup", type=non_negative_int, default=3, help="untimed calls per point (default 3)"
+    )
+    parser.add_argument("--iters", type=positive_int, default=10, help="timed calls per point (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the images and the sampler's noise")
     parser.add_argument(
         "--device", default="auto", help="cpu, cuda, cuda:1... (default: cuda when available)"
     )
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    parser.add_argument(
+        "--threads", type=non_negative_int, default=0,
+        help="CPU threads for torch and the exported runtimes (0: torch's default)",
+    )  # fmt: skip
     parser.add_argument("--data", metavar="JSON", help="COCO instances JSON: also measure AP at every point")
     parser.add_argument("--images", help="image folder of --data (default: COCO layout beside the JSON)")
-    parser.add_argument("--max-images", type=int, default=0, help="AP on the first N images only (0: all)")
+    parser.add_argument(
+        "--max-images", type=non_negative_int, default=0, help="AP on the first N images only (0: all)"
+    )
     parser.add_argument("--out", default="benchmarks/results", help="output folder (default %(default)s)")
     parser.add_argument("--name", default=None, help="file stem of the outputs (default e2e-DEVICE-TIME)")
 
@@ -109,14 +132,34 @@ def prepare_model(args: argparse.Namespace, device: torch.device) -> DiffusionDe
     return build_detector(cfg).to(device).eval()
 
 
+def box_ap(model: DiffusionDet, args: argparse.Namespace) -> Callable[[DiffusionDet, int, int], dict]:
+    """The grid's AP measure: COCO (or LVIS) box AP of a variant of ``model`` on ``--data`` at P boxes
+    and S steps, the sampler seeded with ``--seed``.
+
+    Raises:
+        InputError: the data cannot be read, or ``model`` does not detect its categories.
+    """
+    from diffdet.cli.eval import check_categories
+    from diffdet.evaluation import build_evaluator, inference_on_dataset
+
+    dataset = coco_dataset(args.data, args.images, args.max_images)
+    check_categories(model, dataset)
+
+    def ap(variant: DiffusionDet, boxes: int, steps: int) -> dict[str, float]:
+        evaluator = build_evaluator(dataset)
+        return inference_on_dataset(variant, dataset, evaluator, num_boxes=boxes, steps=steps, seed=args.seed)
+
+    return ap
+
+
 def bench_main(args: argparse.Namespace) -> int:
     """``diffdet bench``: returns the exit status (2 with a message on unusable arguments)."""
     import torch
     from tqdm import tqdm
 
     from diffdet.bench.grid import run_grid
+    from diffdet.bench.pipeline import mode_dtype
     from diffdet.bench.report import (
-        cpu_isa,
         device_name,
         format_table,
         git_commit,
@@ -124,8 +167,11 @@ def bench_main(args: argparse.Namespace) -> int:
         plot_fps,
         write_json,
     )
+    from diffdet.hardware import cpu_isa
 
     try:
+        if Path(args.out).exists() and not Path(args.out).is_dir():  # found now, not after the measurements
+            raise InputError(f"--out {args.out}: is a file, not a folder")
         device = pick_device(args.device)
         if args.threads:
             torch.set_num_threads(args.threads)
@@ -135,7 +181,11 @@ def bench_main(args: argparse.Namespace) -> int:
         if args.dtype and args.modes:
             raise InputError("give --dtype or --modes, not both")
         default = ["fp32", "bf16", "graph"] if device.type == "cuda" else ["fp32", "bf16"]
-        modes = [args.dtype] if args.dtype else args.modes or default
+        modes = [args.dtype] if args.dtype else args.modes or (["fp32"] if args.runtimes else default)
+        if "eager" in args.runtimes and "fp32" not in modes:
+            modes.append("fp32")
+        if any(m in MODES and mode_dtype(m) == torch.bfloat16 for m in modes):
+            warn_if_bf16_is_emulated(device, torch.bfloat16)
         grids = [
             GridSettings(
                 boxes=args.boxes,
@@ -147,14 +197,12 @@ def bench_main(args: argparse.Namespace) -> int:
                 iters=args.iters,
                 baselines=args.baselines,
                 seed=args.seed,
+                runtimes=args.runtimes,
             )
             for batch in args.batch or [1]
         ]
         if args.data:
-            dataset = coco_dataset(args.data, args.images, args.max_images)
-            grids[0].ap_fn = lambda m, p, s: run_eval(
-                m, dataset, num_boxes=p, steps=s, seed=args.seed, progress=False
-            )
+            grids[0].ap_fn = box_ap(model, args)
         slug = re.sub(r"[^A-Za-z0-9]+", "-", device_name(device)).strip("-")
         name = args.name or f"e2e-{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
         calls = sum(len(g.boxes) * len(g.steps) * (1 + len(modes) * (g.ap_fn is not None)) for g in grids)
@@ -183,6 +231,8 @@ def bench_main(args: argparse.Namespace) -> int:
         "warmup": args.warmup,
         "iters": args.iters,
         "modes": modes,
+        "runtimes": args.runtimes,
+        "threads": torch.get_num_threads(),
         "data": args.data,
         "backbone": model.cfg.backbone,
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -31,7 +31,7 @@ def coco_dataset(annotations: str | Path, images: str | Path | None, max_images:
     elif images is None:
         images = annotations.parent.parent / annotations.stem.removeprefix("instances_")
     if not Path(images).is_dir():
-        raise InputError(f"image folder {images} does not exist (pass --images)")
+        raise InputError(f"image folder {images} does not exist or is not a folder (pass --images)")
     try:
         return CocoDetection(images, annotations, max_images=max_images)
     except (FileNotFoundError, BadAnnotationError) as err:
@@ -55,8 +55,23 @@ def crowdhuman_dataset(
         raise InputError(f"annotation file {annotations} does not exist")
     images = Path(images) if images is not None else annotations.parent / "Images"
     if not images.is_dir():
-        raise InputError(f"image folder {images} does not exist (pass --images)")
+        raise InputError(f"image folder {images} does not exist or is not a folder (pass --images)")
     try:
         return CrowdHumanDetection(images, annotations, max_images=max_images, box=box)
     except (FileNotFoundError, BadAnnotationError, BadImageError) as err:
         raise InputError(str(err)) from err
+
+
+def evaluation_dataset(
+    annotations: str | Path, images: str | Path | None, max_images: int = 0, crowdhuman_box: str = "vbox"
+) -> CocoDetection:
+    """:func:`crowdhuman_dataset` for a ``.odgt`` file, else :func:`coco_dataset` (COCO or LVIS format).
+
+    Raises:
+        InputError: see those two.
+    """
+    from diffdet.data.crowdhuman import is_odgt
+
+    if is_odgt(annotations):
+        return crowdhuman_dataset(annotations, images, max_images, crowdhuman_box)
+    return coco_dataset(annotations, images, max_images)

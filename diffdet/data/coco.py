@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -26,8 +27,8 @@ import torch
 from PIL import Image, ImageOps
 
 from diffdet.data.lvis import is_lvis, validate_lvis
-from diffdet.data.transforms import TrainTransform
-from diffdet.errors import BadAnnotationError, BadImageError
+from diffdet.data.transforms import TrainTransform, check_resizable
+from diffdet.errors import BadAnnotationError, BadImageError, InputError, MissingFileError, cut, shown
 from diffdet.optional import pycocotools
 
 if TYPE_CHECKING:
@@ -60,8 +61,65 @@ class Record:
     labels: np.ndarray
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_ids(entries: list, key: str, path: str) -> set[int]:
+    """The ``id`` set of ``images`` / ``annotations`` / ``categories``: integers, each once (pycocotools
+    indexes by id, so a repeated id would silently replace an entry)."""
+    seen: dict[int, int] = {}
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not _is_int(entry.get("id")):
+            got = entry.get("id") if isinstance(entry, dict) else entry
+            raise BadAnnotationError(f"{path}: {key}[{i}] needs an integer 'id', got {shown(got)}")
+        if entry["id"] in seen:
+            raise BadAnnotationError(
+                f"{path}: {key}[{i}] repeats the id {entry['id']} of {key}[{seen[entry['id']]}]"
+            )
+        seen[entry["id"]] = i
+    return set(seen)
+
+
+def _check_image(img: dict, i: int, path: str) -> None:
+    where = f"{path}: images[{i}] (id {img['id']})"
+    for side in ("height", "width"):
+        if not _is_int(img[side]) or img[side] < 1:
+            raise BadAnnotationError(f"{where} {side} must be a positive integer, got {shown(img[side])}")
+    name = img["file_name"]
+    if not isinstance(name, str) or not name or "\0" in name:
+        raise BadAnnotationError(f"{where} file_name must be a file name, got {shown(name)}")
+
+
+def _check_annotation(ann: dict, path: str, image_ids: set[int], category_ids: set[int]) -> None:
+    where = f"{path}: annotation {ann['id']}"
+    bbox = ann["bbox"]
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+        raise BadAnnotationError(f"{where} bbox must be 4 finite numbers [x, y, w, h], got {shown(bbox)}")
+    if bbox[2] < 0 or bbox[3] < 0:
+        raise BadAnnotationError(f"{where} has a negative width or height {shown(bbox)}")
+    if not _is_int(ann["category_id"]) or ann["category_id"] not in category_ids:
+        raise BadAnnotationError(f"{where} has unknown category_id {shown(ann['category_id'])}")
+    if not _is_int(ann["image_id"]) or ann["image_id"] not in image_ids:
+        raise BadAnnotationError(f"{where} refers to unknown image_id {shown(ann['image_id'])}")
+    if "area" in ann and not (_is_number(ann["area"]) and ann["area"] >= 0):
+        raise BadAnnotationError(f"{where} area must be a finite number >= 0, got {shown(ann['area'])}")
+    if ann.get("iscrowd", 0) not in (0, 1):
+        raise BadAnnotationError(f"{where} iscrowd must be 0 or 1, got {shown(ann['iscrowd'])}")
+
+
 def _validate(data: object, path: str) -> dict:
-    """Check the COCO detection structure; fill a missing ``area`` (w·h) and ``iscrowd`` (0)."""
+    """Check the COCO detection structure; fill a missing ``area`` (w·h) and ``iscrowd`` (0).
+
+    Refused, with the file and the entry named: missing keys, ids that are not integers or repeat,
+    image sizes that are not positive integers, boxes that are not 4 finite numbers with w, h >= 0
+    (pycocotools would drop a NaN box silently and change the AP), references to unknown images or
+    categories, and a file without images.
+    """
     if not isinstance(data, dict):
         raise BadAnnotationError(f"{path}: expected a JSON object with images/annotations/categories")
     for key in ("images", "annotations", "categories"):
@@ -72,27 +130,16 @@ def _validate(data: object, path: str) -> dict:
             missing = [f for f in fields if f not in entry] if isinstance(entry, dict) else list(fields)
             if missing:
                 raise BadAnnotationError(f"{path}: {key}[{i}] lacks {missing}")
-    category_ids = {c.get("id") for c in data["categories"]}
-    if None in category_ids:
-        raise BadAnnotationError(f"{path}: a category lacks 'id'")
-    image_ids = {img["id"] for img in data["images"]}
+    if not data["images"]:
+        raise BadAnnotationError(f"{path}: the file holds no image, so there is nothing to train or score")
+    category_ids = _check_ids(data["categories"], "categories", path)
+    image_ids = _check_ids(data["images"], "images", path)
+    _check_ids(data["annotations"], "annotations", path)
+    for i, img in enumerate(data["images"]):
+        _check_image(img, i, path)
     for ann in data["annotations"]:
-        bbox = ann["bbox"]
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, int | float) for v in bbox)):
-            raise BadAnnotationError(
-                f"{path}: annotation {ann['id']} bbox must be 4 numbers [x, y, w, h], got {bbox!r}"
-            )
-        if bbox[2] < 0 or bbox[3] < 0:
-            raise BadAnnotationError(f"{path}: annotation {ann['id']} has a negative width or height {bbox}")
-        if ann["category_id"] not in category_ids:
-            raise BadAnnotationError(
-                f"{path}: annotation {ann['id']} has unknown category_id {ann['category_id']}"
-            )
-        if ann["image_id"] not in image_ids:
-            raise BadAnnotationError(
-                f"{path}: annotation {ann['id']} refers to unknown image_id {ann['image_id']}"
-            )
-        ann.setdefault("area", float(bbox[2] * bbox[3]))
+        _check_annotation(ann, path, image_ids, category_ids)
+        ann.setdefault("area", float(ann["bbox"][2] * ann["bbox"][3]))
         ann.setdefault("iscrowd", 0)
     return data
 
@@ -101,7 +148,7 @@ def load_coco(annotation_file: str | os.PathLike) -> COCO:
     """Read and validate an instances JSON into a pycocotools ``COCO`` object (quietly).
 
     Raises:
-        FileNotFoundError: the file does not exist.
+        MissingFileError (a FileNotFoundError): the file does not exist.
         BadAnnotationError: the file is not JSON or not COCO detection format (or LVIS format,
             :mod:`diffdet.data.lvis`, when it has LVIS fields); the message names it.
         diffdet.optional.MissingDependencyError: pycocotools is not installed.
@@ -109,12 +156,14 @@ def load_coco(annotation_file: str | os.PathLike) -> COCO:
     coco_module = pycocotools("coco", "reading COCO annotations")
     path = str(annotation_file)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"annotation file not found: {path}")
+        raise MissingFileError(f"annotation file not found: {path}")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BadAnnotationError(f"{path}: not valid JSON ({err})") from err
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise BadAnnotationError(f"{path}: not valid JSON ({cut(str(err), 120)})") from err
+    except OSError as err:
+        raise BadAnnotationError(f"{path}: cannot be read ({err.strerror})") from err
     if is_lvis(data):
         data = validate_lvis(data, path)
     coco = coco_module.COCO()
@@ -180,6 +229,7 @@ class CocoDetection(torch.utils.data.Dataset):
         max_images: int = 0,
     ) -> None:
         self.image_dir = Path(image_dir)
+        self.annotation_file = str(annotation_file)
         self.coco = load_coco(annotation_file)
         self.is_lvis = is_lvis(self.coco.dataset)  # LVIS format: scored with the LVIS API
         self.category_ids = sorted(self.coco.cats)
@@ -187,7 +237,7 @@ class CocoDetection(torch.utils.data.Dataset):
         self.label_of = {cat: i for i, cat in enumerate(self.category_ids)}
         image_ids = sorted(self.coco.imgs)
         if max_images < 0:
-            raise ValueError(f"max_images must be >= 0, got {max_images}")
+            raise InputError(f"max_images must be >= 0, got {max_images}")
         if max_images:
             image_ids = image_ids[:max_images]
         self.records = [self._record(i) for i in image_ids]
@@ -210,6 +260,20 @@ class CocoDetection(torch.utils.data.Dataset):
         """Per image (dataset order), the category ids of all its annotations, crowd ones included
         (what detectron2's dataset dicts hold; repeat factors and class counts are computed from it)."""
         return [[a["category_id"] for a in self.coco.imgToAnns.get(r.image_id, [])] for r in self.records]
+
+    def check_resizable(self, short_edge: int, max_size: int) -> None:
+        """Refuse, before any work, an image the resize would shrink to 0 pixels on a side.
+
+        Args:
+            short_edge (int): the smallest short-edge size of the resize (pixels).
+            max_size (int): its long-side cap (pixels).
+
+        Raises:
+            BadImageError: names the first such image, its id and the annotation file.
+        """
+        for r in self.records:
+            where = f"{r.file_name} (image id {r.image_id} of {self.annotation_file})"
+            check_resizable(r.height, r.width, short_edge, max_size, where)
 
     def aspect_groups(self) -> np.ndarray:
         """int64 [N]: 0 for landscape (w ≥ h), 1 for portrait images, from the JSON sizes."""

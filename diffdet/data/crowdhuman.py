@@ -15,8 +15,10 @@ Image sizes are read from the image headers (after EXIF rotation), since odgt fi
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from PIL import Image, UnidentifiedImageError
 
 from diffdet.data.coco import BadAnnotationError, BadImageError, CocoDetection, Record
 from diffdet.data.transforms import TrainTransform
+from diffdet.errors import InputError, MissingFileError, cut, shown
 
 BOX_KINDS = ("vbox", "fbox", "hbox")
 CATEGORY_ID, CLASS_NAME = 1, "person"
@@ -63,23 +66,69 @@ class OdgtEntry:
 
 def _box(entry: dict, key: str, where: str) -> list[float]:
     box = entry.get(key)
-    if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, int | float) for v in box)):
+    numbers = isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)
+    if not numbers:
         raise BadAnnotationError(
-            f"{where}: a gtboxes entry's {key!r} must be 4 numbers [x, y, w, h], got {box!r}"
+            f"{where}: a gtboxes entry's {key!r} must be 4 finite numbers [x, y, w, h], got {shown(box)}"
+        )
+    if box[2] < 0 or box[3] < 0:
+        raise BadAnnotationError(
+            f"{where}: a gtboxes entry's {key!r} has a negative width or height {shown(box)}"
         )
     return box
 
 
-def _is_ignored(entry: dict, box: str) -> bool:
-    if entry.get("tag") != CLASS_NAME or (entry.get("extra") or {}).get("ignore", 0) != 0:
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _flags(entry: dict, key: str, where: str) -> dict:
+    """``entry[key]`` (``extra``, ``head_attr``): an object, or absent / null (no flags)."""
+    flags = entry.get(key)
+    if flags is None:
+        return {}
+    if not isinstance(flags, dict):
+        raise BadAnnotationError(f"{where}: a gtboxes entry's {key!r} must be an object, got {shown(flags)}")
+    return flags
+
+
+def _is_ignored(entry: dict, box: str, where: str) -> bool:
+    if entry.get("tag") != CLASS_NAME or _flags(entry, "extra", where).get("ignore", 0) != 0:
         return True
-    return box == "hbox" and (entry.get("head_attr") or {}).get("ignore", 0) != 0
+    return box == "hbox" and _flags(entry, "head_attr", where).get("ignore", 0) != 0
 
 
 def _xyxy(boxes: list[list[float]]) -> np.ndarray:
     out = np.array(boxes, dtype=np.float64).reshape(-1, 4)
     out[:, 2:] += out[:, :2]
     return out
+
+
+def _image_name(record: object, where: str) -> str:
+    """The record's ``ID``: a non-empty string usable as a file name (``{ID}.jpg`` in the image folder)."""
+    name = record.get("ID") if isinstance(record, dict) else None
+    if not isinstance(name, str):
+        raise BadAnnotationError(f"{where}: expected a JSON object with a string 'ID', got {shown(record)}")
+    if not name or any(c in name for c in ("\0", "/", "\\")):
+        raise BadAnnotationError(
+            f"{where}: ID {shown(name)} is not a file name (empty, or has NUL or a slash)"
+        )
+    return name
+
+
+def _lines(path: str) -> Iterator[tuple[int, str]]:
+    """``(number, text)`` of each non-blank line, numbered from 1; each line is decoded on its own, so
+    that a byte that is not UTF-8 is reported with its line."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise BadAnnotationError(
+                    f"{path}:{number}: not UTF-8 text (byte {err.start + 1} of the line)"
+                ) from err
+            if text.strip():
+                yield number, text
 
 
 def read_odgt(path: str | os.PathLike, box: str = "vbox") -> list[OdgtEntry]:
@@ -93,38 +142,38 @@ def read_odgt(path: str | os.PathLike, box: str = "vbox") -> list[OdgtEntry]:
         list[OdgtEntry]: the images in file order.
 
     Raises:
-        ValueError: ``box`` is not one of :data:`BOX_KINDS`.
-        FileNotFoundError: the file does not exist.
-        BadAnnotationError: a line is not JSON or not an odgt record; the message names the file and line.
+        InputError: ``box`` is not one of :data:`BOX_KINDS`.
+        MissingFileError (a FileNotFoundError): the file does not exist.
+        BadAnnotationError: the file holds no record, or a line is not UTF-8 JSON or not an odgt record
+            (IDs that repeat or are no file name; boxes of the chosen kind that are not 4 finite numbers
+            with w, h >= 0); the message names the file and line.
     """
     if box not in BOX_KINDS:
-        raise ValueError(f"box must be one of {BOX_KINDS}, got {box!r}")
+        raise InputError(f"box must be one of {BOX_KINDS}, got {shown(box)}")
     path = str(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"annotation file not found: {path}")
+        raise MissingFileError(f"annotation file not found: {path}")
     entries, seen = [], {}
-    with open(path, encoding="utf-8") as f:
-        for number, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError as err:
-                raise BadAnnotationError(f"{where}: not valid JSON ({err})") from err
-            if not isinstance(record, dict) or not isinstance(record.get("ID"), str):
-                raise BadAnnotationError(f"{where}: expected a JSON object with a string 'ID'")
-            if not isinstance(record.get("gtboxes", []), list):
-                raise BadAnnotationError(f"{where}: 'gtboxes' must be a list")
-            if record["ID"] in seen:
-                raise BadAnnotationError(f"{where}: ID {record['ID']!r} already on line {seen[record['ID']]}")
-            seen[record["ID"]] = number
-            persons, ignored = [], []
-            for entry in record.get("gtboxes", []):
-                if not isinstance(entry, dict):
-                    raise BadAnnotationError(f"{where}: a gtboxes entry is not an object: {entry!r}")
-                (ignored if _is_ignored(entry, box) else persons).append(_box(entry, box, where))
-            entries.append(OdgtEntry(record["ID"], _xyxy(persons), _xyxy(ignored), number))
+    for number, text in _lines(path):
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as err:
+            raise BadAnnotationError(f"{where}: not valid JSON ({cut(str(err), 120)})") from err
+        name = _image_name(record, where)
+        if not isinstance(record.get("gtboxes", []), list):
+            raise BadAnnotationError(f"{where}: 'gtboxes' must be a list, got {shown(record['gtboxes'])}")
+        if name in seen:
+            raise BadAnnotationError(f"{where}: ID {shown(name)} already on line {seen[name]}")
+        seen[name] = number
+        persons, ignored = [], []
+        for entry in record.get("gtboxes", []):
+            if not isinstance(entry, dict):
+                raise BadAnnotationError(f"{where}: a gtboxes entry is not an object: {shown(entry)}")
+            (ignored if _is_ignored(entry, box, where) else persons).append(_box(entry, box, where))
+        entries.append(OdgtEntry(name, _xyxy(persons), _xyxy(ignored), seen[name]))
+    if not entries:
+        raise BadAnnotationError(f"{path}: the file holds no record, so there is nothing to train or score")
     return entries
 
 
@@ -164,7 +213,7 @@ class CrowdHumanDetection(CocoDetection):
         box (str): the target box kind, "vbox" (default), "fbox" or "hbox".
 
     Raises:
-        ValueError: ``box`` or ``max_images`` is invalid.
+        InputError: ``box`` or ``max_images`` is invalid.
         BadAnnotationError: the odgt file is malformed (file and line named).
         BadImageError: an image is missing or unreadable and ``skip_bad`` is False.
     """
@@ -179,7 +228,7 @@ class CrowdHumanDetection(CocoDetection):
         box: str = "vbox",
     ) -> None:
         if max_images < 0:
-            raise ValueError(f"max_images must be >= 0, got {max_images}")
+            raise InputError(f"max_images must be >= 0, got {max_images}")
         self.image_dir, self.box = Path(image_dir), box
         self.annotation_file = str(annotation_file)
         entries = read_odgt(annotation_file, box)
@@ -240,14 +289,14 @@ def detection_dataset(
     Args: those of :class:`CrowdHumanDetection` (``crowdhuman_box`` is its ``box``; COCO ignores it).
 
     Raises:
-        ValueError: ``annotation_format`` or ``crowdhuman_box`` is not a known value.
+        InputError: ``annotation_format`` or ``crowdhuman_box`` is not a known value.
     """
     if annotation_format not in ANNOTATION_FORMATS:
-        raise ValueError(
-            f"data.annotation_format must be one of {ANNOTATION_FORMATS}, got {annotation_format!r}"
+        raise InputError(
+            f"data.annotation_format must be one of {ANNOTATION_FORMATS}, got {shown(annotation_format)}"
         )
     if crowdhuman_box not in BOX_KINDS:
-        raise ValueError(f"data.crowdhuman_box must be one of {BOX_KINDS}, got {crowdhuman_box!r}")
+        raise InputError(f"data.crowdhuman_box must be one of {BOX_KINDS}, got {shown(crowdhuman_box)}")
     if annotation_format == "odgt" or (annotation_format == "auto" and is_odgt(annotation_file)):
         return CrowdHumanDetection(
             image_dir, annotation_file, transform, skip_bad, max_images, crowdhuman_box

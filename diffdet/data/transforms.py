@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from diffdet.errors import BadImageError
+
 EMPTY_BOX_THRESHOLD = 1e-5  # detectron2 Boxes.nonempty
 
 
@@ -37,6 +39,27 @@ def resized_shape(h: int, w: int, short_edge: int, max_size: int) -> tuple[int, 
         scale = max_size / max(new_h, new_w)
         new_h, new_w = new_h * scale, new_w * scale
     return int(new_h + 0.5), int(new_w + 0.5)
+
+
+def check_resizable(height: int, width: int, short_edge: int, max_size: int, where: str) -> None:
+    """Refuse an image that the resize would shrink to nothing (a 20000x20 image under a 1333-pixel cap).
+
+    Args:
+        height (int): image height in pixels.
+        width (int): image width in pixels.
+        short_edge (int): the smallest short-edge size the resize may pick (the resized short side
+            grows with it).
+        max_size (int): the long-side cap.
+        where (str): the image and its record, for the message.
+
+    Raises:
+        BadImageError: a side of the resized image would be 0 pixels (or the image has none).
+    """
+    if height < 1 or width < 1 or min(resized_shape(height, width, short_edge, max_size)) < 1:
+        raise BadImageError(
+            f"image {where} is {height}x{width} (HxW): too elongated for the model's resize (short side "
+            f"{short_edge}, long side at most {max_size}), a side would become 0 pixels"
+        )
 
 
 @dataclass

@@ -18,8 +18,14 @@ import numpy as np
 import torch
 
 from diffdet.checkpoint.safe_io import atomic_save, torch_load
+from diffdet.errors import InputError, MissingFileError
 
 LAST_CHECKPOINT = "last_checkpoint"
+
+
+class ResumeMismatchError(InputError):
+    """``--resume`` cannot continue this checkpoint exactly: it was written by another number of
+    processes, batch split or seed, or the processes do not see the same output folder."""
 
 
 def capture_rng() -> dict:
@@ -69,14 +75,16 @@ def last_checkpoint(output_dir: str | Path) -> Path | None:
         return None
     path = Path(output_dir) / pointer.read_text().strip()
     if not path.is_file():
-        raise FileNotFoundError(f"{pointer} names {path.name}, which does not exist")
+        raise MissingFileError(f"{pointer} names {path.name}, which does not exist")
     return path
 
 
 def read_checkpoint(path: str | Path) -> dict:
     """Load a training checkpoint (no code is unpickled; tensors on the CPU)."""
     payload = torch_load(path)
-    missing = {"model", "optimizer", "scheduler", "iteration", "rng"} - set(payload)
+    missing = {"model", "optimizer", "scheduler", "iteration", "rng"} - set(
+        payload if isinstance(payload, dict) else {}
+    )
     if missing:
-        raise ValueError(f"{path} is not a diffdet training checkpoint (missing {sorted(missing)})")
+        raise InputError(f"{path} is not a diffdet training checkpoint (missing {sorted(missing)})")
     return payload

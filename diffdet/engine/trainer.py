@@ -30,6 +30,7 @@ from diffdet.engine.ema import ModelEMA
 from diffdet.engine.metrics import MetricsLog, Progress
 from diffdet.engine.optim import build_optimizer, build_scheduler
 from diffdet.engine.state import (
+    ResumeMismatchError,
     capture_rng,
     checkpoint_name,
     last_checkpoint,
@@ -37,7 +38,8 @@ from diffdet.engine.state import (
     restore_rng,
     write_checkpoint,
 )
-from diffdet.evaluation.evaluator import evaluate
+from diffdet.errors import InputError
+from diffdet.evaluation import build_evaluator, inference_on_dataset
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -76,7 +78,7 @@ class Trainer:
         self.world_size, self.rank = du.get_world_size(), du.get_rank()
         per_step = self.world_size * solver.grad_accum
         if solver.ims_per_batch % per_step:
-            raise ValueError(
+            raise InputError(
                 f"solver.ims_per_batch ({solver.ims_per_batch}) must be divisible by world_size × grad_accum "
                 f"({self.world_size} × {solver.grad_accum})"
             )
@@ -136,26 +138,47 @@ class Trainer:
         return path
 
     def resume(self) -> bool:
-        """Load the newest checkpoint in the output folder, if any; returns whether one was loaded.
+        """Load the newest checkpoint in the output folder, if any; returns whether one was loaded
+        (collective: every process must call it).
 
         Raises:
-            ValueError: the checkpoint was written with another seed, world size or batch split.
+            ResumeMismatchError: the checkpoint was written by another number of processes, seed or
+                batch split, or the processes see different checkpoints (an output folder that is
+                not shared between the machines), or holds no EMA weights for a run with solver.ema.
         """
         path = last_checkpoint(self.output_dir)
+        seen = du.all_gather_objects(None if path is None else path.name)
+        if len(set(seen)) > 1:
+            other = next(r for r, name in enumerate(seen) if name != seen[0])
+            raise ResumeMismatchError(
+                f"cannot resume: in {self.output_dir} rank 0 finds checkpoint {seen[0] or 'none'} but rank "
+                f"{other} finds {seen[other] or 'none'}; train.output_dir must be one folder shared by every "
+                "machine"
+            )
         if path is None:
             return False
         payload = read_checkpoint(path)
         data = payload["data"]
         expected = self._data_state()
+        if data.get("world_size") != self.world_size:
+            raise ResumeMismatchError(
+                f"cannot resume {path}: it was written by {data.get('world_size')} processes and this run "
+                f"has {self.world_size}; resume with {data.get('world_size')} processes (the data order "
+                "and the per-process random streams depend on the number)"
+            )
         if data != expected:
-            raise ValueError(f"cannot resume {path}: it was written with {data}, this run has {expected}")
+            raise ResumeMismatchError(
+                f"cannot resume {path}: it was written with {data}, this run has {expected}"
+            )
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
         self.scaler.load_state_dict(payload["scaler"])
         if self.ema is not None:
             if payload["ema"] is None:
-                raise ValueError(f"cannot resume {path} with solver.ema=true: it holds no EMA weights")
+                raise ResumeMismatchError(
+                    f"cannot resume {path} with solver.ema=true: it holds no EMA weights"
+                )
             self.ema.load_state_dict(payload["ema"])
         self.iteration = int(payload["iteration"])
         restore_rng(payload["rng"][self.rank])
@@ -163,23 +186,24 @@ class Trainer:
 
     # -- evaluation --------------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float] | None:
-        """COCO AP of the (EMA) model on the validation set; logged on rank 0 (collective)."""
+        """The benchmark's metrics (COCO, LVIS or CrowdHuman) of the (EMA) model on the validation set,
+        each process running its share of the images; returned and logged on rank 0 (collective).
+        The sampler's noise is seeded with ``train.seed``, so an evaluation is reproducible and the
+        same for any number of processes."""
         if self.val_set is None:
             return None
         test = self.cfg.test
         kwargs = {k: v for k, v in (("num_boxes", test.num_boxes), ("steps", test.steps)) if v}
         model = self.ema.module if self.ema is not None else self.model
+        evaluator = build_evaluator(
+            self.val_set, self.output_dir / "coco_results.json", crowdhuman_toolkit_format=False
+        )
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # evaluation must not shift the training noise
-            metrics = evaluate(
-                model,
-                self.val_set,
-                self.device,
-                batch_size=test.batch_size,
-                num_workers=test.num_workers,
-                results_path=self.output_dir / "coco_results.json",
-                **kwargs,
-            )
+            metrics = inference_on_dataset(
+                model, self.val_set, evaluator, device=self.device, batch_size=test.batch_size,
+                num_workers=test.num_workers, seed=self.cfg.train.seed, **kwargs,
+            )  # fmt: skip
         if self.log is not None and metrics is not None:
             self.log.write(self.iteration, eval=metrics)
         self.last_eval = metrics

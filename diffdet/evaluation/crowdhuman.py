@@ -24,13 +24,27 @@ The CrowdHuman toolkit (CrowdDet's ``lib/evaluate``, reused by Iter-E2EDET and p
   unmatched person boxes inside one (IoA of the person box > 0.5) are left out, leaving n detections
   and m person boxes; the image scores k / (m + n − k + 10^−6). JI is the best over t of the mean
   over images that have detections or person boxes.
+
+:class:`CrowdHumanEvaluator` scores one class of a detector this way on a CrowdHuman dataset and writes
+the detections in the toolkit's format: one JSON line per image, ``ID``, ``height``, ``width`` and
+``dtboxes`` of ``{"box": [x, y, w, h], "score", "tag": 1}``.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
+
+from diffdet.evaluation.results import ResultsEvaluator
+from diffdet.outputs import write_text_atomic
+
+if TYPE_CHECKING:
+    from diffdet.data.crowdhuman import CrowdHumanDetection
 
 IOU_THRESHOLD = 0.5
 MR_REFERENCE_FPPI = (0.0100, 0.0178, 0.03160, 0.0562, 0.1000, 0.1778, 0.3162, 0.5623, 1.000)
@@ -316,7 +330,7 @@ def score_results(dataset, results: list[dict], image_ids: list[int], **options)
         dataset (CrowdHumanDetection): ground truth; ``records[image_id]`` holds the image's person
             boxes, ignore regions and size.
         results (list[dict]): ``{"image_id", "bbox": [x, y, w, h], "score"}`` entries (see
-            :func:`diffdet.evaluation.evaluator.to_coco_results`); their category is not looked at.
+            :func:`diffdet.evaluation.results.to_coco_results`); their category is not looked at.
         image_ids (list[int]): the evaluated images (with or without detections).
         **options: ``iou_threshold``, ``ap_from_zero_recall`` of :func:`crowdhuman_metrics`.
 
@@ -342,3 +356,64 @@ def score_results(dataset, results: list[dict], image_ids: list[int], **options)
             )
         )
     return crowdhuman_metrics(images, **options)
+
+
+def keep_class(output: dict[str, torch.Tensor], label: int) -> dict[str, torch.Tensor]:
+    """The detections of class ``label`` only, relabelled 0 (the one CrowdHuman class).
+
+    Args:
+        output: one image's ``boxes`` [n, 4], ``scores`` [n], ``labels`` [n] (and any other [n] field).
+        label: the contiguous class kept.
+    """
+    keep = output["labels"] == label
+    out = {k: v[keep] for k, v in output.items()}
+    out["labels"] = out["labels"].new_zeros(out["labels"].shape)
+    return out
+
+
+def write_toolkit_results(path: Path, results: list[dict], dataset: CrowdHumanDetection) -> None:
+    """Write COCO results entries as the toolkit's detection file (module docstring), a line per image
+    of ``dataset`` in its order."""
+    boxes: dict[int, list[dict]] = {}
+    for r in results:
+        boxes.setdefault(int(r["image_id"]), []).append({"box": r["bbox"], "score": r["score"], "tag": 1})
+    lines = [
+        json.dumps({"ID": r.name, "height": r.height, "width": r.width, "dtboxes": boxes.get(r.image_id, [])})
+        for r in dataset.records
+    ]
+    write_text_atomic(path, "".join(line + "\n" for line in lines))
+
+
+class CrowdHumanEvaluator(ResultsEvaluator):
+    """AP50, mMR, recall and JI (:func:`score_results`) of one class of a detector on a CrowdHuman dataset.
+
+    Args:
+        dataset (CrowdHumanDetection): the evaluated dataset.
+        label (int): the detector's contiguous class scored (0 for a one-class model); the detections
+            of other classes are dropped.
+        results_path (str | Path | None): rank 0 writes the detections here.
+        toolkit_format (bool): write them in the toolkit's format (module docstring); False: as a COCO
+            results JSON file.
+    """
+
+    def __init__(
+        self,
+        dataset: CrowdHumanDetection,
+        label: int = 0,
+        results_path: str | Path | None = None,
+        toolkit_format: bool = True,
+    ) -> None:
+        super().__init__(dataset.category_ids, results_path)
+        self.dataset, self.label, self.toolkit_format = dataset, label, toolkit_format
+
+    def process(self, inputs: list[dict], outputs: list[dict[str, torch.Tensor]]) -> None:
+        super().process(inputs, [keep_class(output, self.label) for output in outputs])
+
+    def write_results(self, path: Path, results: list[dict]) -> None:
+        if self.toolkit_format:
+            write_toolkit_results(path, results, self.dataset)
+        else:
+            super().write_results(path, results)
+
+    def score(self, results: list[dict], image_ids: list[int]) -> dict[str, float]:
+        return score_results(self.dataset, results, image_ids)

@@ -1,202 +1,115 @@
-"""COCO box evaluation through pycocotools (LVIS-format datasets: the LVIS API).
+"""The evaluation interface: a :class:`DatasetEvaluator` sees a detector's outputs image by image, and
+:func:`inference_on_dataset` runs the detector over a dataset feeding them to it (detectron2's
+``DatasetEvaluator`` / ``inference_on_dataset``).
 
-The model runs over a COCO-format dataset; its detections (contiguous labels) are written as a COCO
-results file with the dataset's own category ids and scored with ``COCOeval`` (iouType "bbox"), or
-with :func:`diffdet.evaluation.lvis.lvis_box_ap` when the dataset is LVIS format.
-Under DDP every process evaluates its share of the images and rank 0 scores the union.
+Under a process group every process runs its share of the images (indices ≡ rank mod world size);
+the evaluator gathers the detections on rank 0, which alone scores them and writes the results file.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
-from torch import nn
 
-from diffdet.data.coco import CocoDetection
-from diffdet.data.crowdhuman import CrowdHumanDetection
 from diffdet.data.loader import build_test_loader
-from diffdet.engine.distributed import all_gather_objects, get_rank, get_world_size, is_main_process
-from diffdet.errors import InputError
-from diffdet.evaluation import crowdhuman as crowdhuman_eval
-from diffdet.optional import pycocotools
+from diffdet.engine.distributed import get_rank, get_world_size, is_main_process
 
-METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
 
 
-def to_coco_results(image_id: int, output: dict, category_ids: list[int]) -> list[dict]:
-    """COCO results entries of one image.
+class DatasetEvaluator:
+    """Scores a detector on a dataset from its outputs, one batch at a time.
 
-    Args:
-        image_id (int): COCO image id.
-        output (dict): ``boxes`` [n, 4] xyxy pixels of the original image, ``scores`` [n],
-            ``labels`` [n] contiguous class ids.
-        category_ids (list[int]): dataset category id of each contiguous label.
-
-    Returns:
-        list[dict]: ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}`` per detection.
+    ``reset()`` starts over, ``process(inputs, outputs)`` records a batch, ``evaluate()`` returns the
+    metrics. Under a process group ``evaluate`` is collective: every process must call it.
     """
-    boxes = output["boxes"].detach().float().cpu().numpy().reshape(-1, 4)
-    scores = output["scores"].detach().float().cpu().numpy().reshape(-1)
-    labels = output["labels"].detach().cpu().numpy().reshape(-1)
-    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
-    return [
-        {
-            "image_id": int(image_id),
-            "category_id": int(category_ids[int(label)]),
-            "bbox": [round(float(v), 3) for v in box],
-            "score": round(float(score), 5),
-        }
-        for box, score, label in zip(xywh, scores, labels, strict=True)
-    ]
+
+    def reset(self) -> None:
+        """Forget every processed batch."""
+        raise NotImplementedError
+
+    def process(self, inputs: list[dict], outputs: list[dict[str, torch.Tensor]]) -> None:
+        """Record one batch.
+
+        Args:
+            inputs: per image the loader's metadata, ``{"image_id", "orig_size"}``.
+            outputs: per image the detector's ``boxes`` [n, 4] xyxy pixels of the original image,
+                ``scores`` [n] and ``labels`` [n] contiguous class ids.
+        """
+        raise NotImplementedError
+
+    def evaluate(self) -> dict[str, float] | None:
+        """The metrics of every processed image (of every process) as fractions, on rank 0; None on
+        the other ranks."""
+        raise NotImplementedError
 
 
-def coco_box_ap(coco_gt, results: list[dict], image_ids: list[int]) -> dict[str, float]:
-    """Score detections with pycocotools.
-
-    Args:
-        coco_gt (pycocotools.coco.COCO): ground truth (crowd boxes included, as COCO intends).
-        results (list[dict]): COCO results entries (see :func:`to_coco_results`).
-        image_ids (list[int]): the images that were evaluated.
-
-    Returns:
-        dict[str, float]: AP, AP50, AP75, APs, APm, APl as fractions in [0, 1] (−1 where a size
-        range has no GT, as pycocotools reports). All zero when there are no detections.
-
-    Raises:
-        diffdet.optional.MissingDependencyError: pycocotools is not installed.
-    """
-    if not results:
-        return dict.fromkeys(METRICS, 0.0)
-    cocoeval = pycocotools("cocoeval", "COCO evaluation")
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_dt = coco_gt.loadRes(results)
-        evaluator = cocoeval.COCOeval(coco_gt, coco_dt, iouType="bbox")
-        evaluator.params.imgIds = sorted(image_ids)
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    return {name: float(value) for name, value in zip(METRICS, evaluator.stats[:6], strict=True)}
+def _model_device(model: Callable) -> torch.device:
+    """Where ``model``'s weights are (the CPU for a model without any)."""
+    parameters = model.parameters() if isinstance(model, torch.nn.Module) else iter(())
+    first = next(parameters, None)
+    return first.device if first is not None else torch.device("cpu")
 
 
 @torch.no_grad()
-def evaluate(
-    model: torch.nn.Module,
-    dataset: CocoDetection,
-    device: torch.device,
+def inference_on_dataset(
+    model: Callable,
+    data: torch.utils.data.Dataset | Iterable,
+    evaluator: DatasetEvaluator,
+    *,
+    device: torch.device | None = None,
     batch_size: int = 1,
     num_workers: int = 0,
-    results_path: str | Path | None = None,
-    **inference_kwargs,
+    progress: bool | str = False,
+    seed: int | None = None,
+    **inference_kwargs: object,
 ) -> dict[str, float] | None:
-    """Run ``model`` over ``dataset`` and return its COCO box AP (LVIS box AP on LVIS data).
+    """Run ``model`` over ``data`` and return ``evaluator``'s metrics.
 
     Args:
-        model (nn.Module): a detector; in eval mode ``model(images, **inference_kwargs)`` returns
-            per image ``boxes`` (xyxy pixels of the given image), ``scores`` and ``labels``.
-        dataset (CocoDetection): evaluation images at their original size (no transform).
-        device (torch.device): where the model runs.
-        batch_size (int): images per forward pass.
-        num_workers (int): DataLoader workers.
-        results_path (str | Path | None): write the COCO results JSON here (rank 0).
-        **inference_kwargs: per-call inference knobs passed to the model (``num_boxes``, ``steps``...).
+        model: a detector; ``model(images, **inference_kwargs)`` returns per image ``boxes`` (xyxy
+            pixels of the given image), ``scores`` and ``labels``. An ``nn.Module`` is put in eval mode
+            for the run and then back in its previous mode.
+        data: a dataset of original-size images (this process takes its share of them), or a loader
+            yielding ``(images, targets, metas)`` batches as given.
+        evaluator: what scores the outputs; reset first.
+        device: where the images go (default: where the model's weights are).
+        batch_size: images per forward pass (dataset only).
+        num_workers: DataLoader workers (dataset only).
+        progress: show a progress bar on rank 0; a string is its description.
+        seed: each image's sampler noise comes from its own generator seeded with ``seed`` (as a call
+            ``model([image], seed=seed)`` draws it), so the detections do not depend on the batch size
+            or on which process runs the image (passed as ``generator=[one per image]``). None: the
+            device's global generator.
+        **inference_kwargs: per-call inference knobs (``num_boxes``, ``steps``...).
 
     Returns:
-        The metrics of :func:`coco_box_ap` on rank 0 (those of
-        :func:`diffdet.evaluation.lvis.lvis_box_ap` when ``dataset.is_lvis``, of
-        :func:`diffdet.evaluation.crowdhuman.score_results` for a CrowdHumanDetection); None on other ranks.
-    """
-    was_training = model.training
-    model.eval()
-    loader = build_test_loader(dataset, batch_size, num_workers, get_rank(), get_world_size())
-    results, image_ids = [], []
-    for images, _, metas in loader:
-        outputs = model([image.to(device) for image in images], **inference_kwargs)
-        for meta, output in zip(metas, outputs, strict=True):
-            results.extend(to_coco_results(meta["image_id"], output, dataset.category_ids))
-            image_ids.append(meta["image_id"])
-    model.train(was_training)
-    gathered = all_gather_objects((results, image_ids))
-    if not is_main_process():
-        return None
-    results = [r for part, _ in gathered for r in part]
-    image_ids = [i for _, part in gathered for i in part]
-    if results_path is not None:
-        Path(results_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(results_path).write_text(json.dumps(results))
-    if isinstance(dataset, CrowdHumanDetection):  # the CrowdHuman benchmark's metrics instead of COCO AP
-        return crowdhuman_eval.score_results(dataset, results, image_ids)
-    if dataset.is_lvis:
-        from diffdet.evaluation.lvis import lvis_box_ap
-
-        return lvis_box_ap(dataset.coco.dataset, results, image_ids)
-    return coco_box_ap(dataset.coco, results, image_ids)
-
-
-class ModelWrapper:
-    """A stand-in for a detector: it offers what :func:`diffdet.evaluation.evaluator.evaluate` uses of a model
-    (``training``, ``eval``, ``train`` and the call) and passes mode changes to the wrapped model.
-    Subclasses define the call."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-
-    @property
-    def training(self) -> bool:
-        return self.model.training
-
-    def eval(self) -> ModelWrapper:
-        self.model.eval()
-        return self
-
-    def train(self, mode: bool = True) -> ModelWrapper:
-        self.model.train(mode)
-        return self
-
-
-class _Progress(ModelWrapper):
-    """A detector whose every call advances a progress bar by its number of images."""
-
-    def __init__(self, model: nn.Module, bar) -> None:
-        super().__init__(model)
-        self.bar = bar
-
-    def __call__(self, images: list[torch.Tensor], **kwargs: object) -> list[dict[str, torch.Tensor]]:
-        out = self.model(images, **kwargs)
-        self.bar.update(len(images))
-        return out
-
-
-def run_eval(
-    model: nn.Module, dataset: CocoDetection, *, batch_size: int = 1, results_path: Path | None = None,
-    progress: bool = True, **inference_kwargs: object,
-) -> dict[str, float]:  # fmt: skip
-    """COCO box AP of ``model`` on ``dataset`` (see :func:`evaluate`), with a progress bar.
-
-    Raises:
-        InputError: the model's categories are not the dataset's, or an image cannot be read.
+        ``evaluator.evaluate()``: the metrics on rank 0, None on the other ranks.
     """
     from tqdm import tqdm
 
-    from diffdet.data.coco import BadImageError
-    from diffdet.evaluation.evaluator import evaluate
-
-    if tuple(model.category_ids) != tuple(dataset.category_ids):
-        raise InputError(
-            f"the weights detect {len(model.category_ids)} categories (ids {list(model.category_ids)[:5]}..."
-            f"), the dataset has {len(dataset.category_ids)} (ids {list(dataset.category_ids)[:5]}...)"
-        )
-    device = model.pixel_mean.device
-    with tqdm(total=len(dataset), desc="eval", unit="img", disable=not progress) as bar:
-        try:
-            metrics = evaluate(
-                _Progress(model, bar), dataset, device, batch_size=batch_size, results_path=results_path,
-                **inference_kwargs,
-            )  # fmt: skip
-        except BadImageError as err:
-            raise InputError(str(err)) from err
-    return metrics
+    device = device or _model_device(model)
+    if isinstance(data, torch.utils.data.Dataset):
+        data = build_test_loader(data, batch_size, num_workers, get_rank(), get_world_size())
+    was_training = getattr(model, "training", False)
+    if isinstance(model, torch.nn.Module):
+        model.eval()
+    evaluator.reset()
+    total = len(data.dataset) if hasattr(data, "dataset") else None
+    desc = progress if isinstance(progress, str) else "eval"
+    try:
+        with tqdm(total=total, desc=desc, unit="img", disable=not progress or not is_main_process()) as bar:
+            for images, _, metas in data:
+                images = [image.to(device) for image in images]
+                if seed is not None:
+                    inference_kwargs["generator"] = [
+                        torch.Generator(device=device).manual_seed(seed) for _ in images
+                    ]
+                evaluator.process(metas, model(images, **inference_kwargs))
+                bar.update(len(images))
+    finally:
+        if isinstance(model, torch.nn.Module):
+            model.train(was_training)
+    return evaluator.evaluate()

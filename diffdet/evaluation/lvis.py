@@ -8,7 +8,7 @@ categories of its annotations and its ``neg_category_ids``, and unmatched detect
 small < 32² ≤ medium < 96² ≤ large, and frequency groups r / c / f from the categories' ``frequency``.
 
 The package is optional (``pip install 'diffdet[lvis]'`` or ``pip install lvis``) and imported only
-when an LVIS-format dataset is evaluated.
+when an LVIS-format dataset is evaluated. :class:`LVISEvaluator` is the evaluator of such a dataset.
 """
 
 from __future__ import annotations
@@ -17,9 +17,16 @@ import contextlib
 import logging
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from diffdet.evaluation.results import ResultsEvaluator
+
+if TYPE_CHECKING:
+    from diffdet.data.coco import CocoDetection
 
 LVIS_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
 LVIS_MAX_DETS = 300
@@ -82,7 +89,7 @@ def lvis_box_ap(
             ``_ignore``) to the annotations; nothing else changes.
         results (list[dict]): COCO-results entries ``{"image_id", "category_id" (LVIS id),
             "bbox": [x, y, w, h] original-image pixels, "score"}`` (see
-            :func:`diffdet.evaluation.evaluator.to_coco_results`); not modified.
+            :func:`diffdet.evaluation.results.to_coco_results`); not modified.
         image_ids (list[int]): the images that were evaluated.
         max_dets (int): detections kept per image, highest scores first (300 for LVIS).
 
@@ -110,3 +117,24 @@ def lvis_box_ap(
         evaluator.run()
         values = evaluator.get_results()
     return {name: float(values[name]) for name in LVIS_METRICS}
+
+
+class LVISEvaluator(ResultsEvaluator):
+    """LVIS box AP (:func:`lvis_box_ap`) of the detections on an LVIS-format dataset.
+
+    Args:
+        dataset (CocoDetection): the evaluated dataset (``dataset.is_lvis``; its parsed file and
+            category ids).
+        results_path (str | Path | None): rank 0 writes the COCO results JSON here.
+
+    Raises:
+        ImportError: the ``lvis`` package is missing (at construction, before any inference).
+    """
+
+    def __init__(self, dataset: CocoDetection, results_path: str | Path | None = None) -> None:
+        require_lvis()
+        super().__init__(dataset.category_ids, results_path)
+        self.gt = dataset.coco.dataset
+
+    def score(self, results: list[dict], image_ids: list[int]) -> dict[str, float]:
+        return lvis_box_ap(self.gt, results, image_ids)

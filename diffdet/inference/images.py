@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from diffdet.errors import InputError
+from diffdet.outputs import write_text_atomic
 
 if TYPE_CHECKING:  # torch and the data stack load on first use, so ``diffdet --help`` stays fast
     import torch
@@ -75,30 +76,30 @@ def run_detect(
         (original-image pixels), "score"}``; image ids from :func:`image_ids`.
 
     Raises:
-        InputError: an image cannot be decoded (the message names the file).
+        BadImageError (an InputError): an image cannot be decoded or is too elongated for the model's
+            resize (the message names the file).
     """
     from tqdm import tqdm
 
-    from diffdet.data.coco import BadImageError, read_image
-    from diffdet.evaluation.evaluator import to_coco_results
+    from diffdet.data.coco import read_image
+    from diffdet.data.transforms import check_resizable
+    from diffdet.evaluation.results import to_coco_results
     from diffdet.visualize import draw_detections
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = model.pixel_mean.device
+    device = model.device
     results = []
     for file, image_id in tqdm(
         list(zip(files, image_ids(files), strict=True)), desc="detect", unit="img", disable=not progress
     ):
-        try:
-            image = read_image(str(file))
-        except BadImageError as err:
-            raise InputError(str(err)) from err
+        image = read_image(str(file))  # BadImageError (an InputError) names the file
+        check_resizable(
+            image.height, image.width, model.cfg.min_size_test, model.cfg.max_size_test, str(file)
+        )
         output = model([_as_tensor(image).to(device)], **inference_kwargs)[0]
         keep = output["scores"] >= score_thr
         output = {k: v[keep].cpu() for k, v in output.items()}
         results.extend(to_coco_results(image_id, output, list(model.category_ids)))
         name = file.name if file.suffix.lower() in (".jpg", ".jpeg", ".png") else file.stem + ".png"
         draw_detections(image, output, model.class_names, score_threshold=score_thr).save(out_dir / name)
-    path = out_dir / "detections.json"
-    path.write_text(json.dumps(results))
-    return path
+    return write_text_atomic(out_dir / "detections.json", json.dumps(results))

@@ -132,7 +132,7 @@ class _Encoder:
 
 
 def _detection_line(frame: int, time_s: float, output: dict, model: nn.Module) -> str:
-    from diffdet.evaluation.evaluator import to_coco_results
+    from diffdet.evaluation.results import to_coco_results
 
     entries = to_coco_results(frame, output, list(model.category_ids))
     names = [model.class_names[int(label)] for label in output["labels"]]
@@ -157,7 +157,7 @@ def run_detect_video(
     """Detect objects in the frames of a video; write ``out_dir/<stem>.mp4`` and ``<stem>.jsonl``.
 
     Args:
-        model: a detector in eval mode with ``class_names``, ``category_ids`` and ``pixel_mean``
+        model: a detector in eval mode with ``class_names``, ``category_ids`` and ``device``
             (a :class:`~diffdet.modeling.tta.DiffusionDetWithTTA` too).
         path: the video (any container and codec FFmpeg reads).
         out_dir: output folder (created).
@@ -190,7 +190,7 @@ def run_detect_video(
     run = VideoRun(out_dir / f"{path.stem}.mp4", out_dir / f"{path.stem}.jsonl", 0, 0)
     if run.video.resolve() == path.resolve():
         raise InputError(f"{path}: --out {out_dir} would overwrite the input video; choose another folder")
-    device = model.pixel_mean.device
+    device = model.device
     counter = [0]
     detected = 0
     last: dict | None = None  # the latest detected frame's kept detections, drawn on the frames after it

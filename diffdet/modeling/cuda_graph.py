@@ -7,7 +7,7 @@ per-call work outside the graph is the preprocessing, one noise draw into the st
 the NMS and post-processing (which read the detection count back: the call's one sync).
 
 Results equal ``model.detect(..., ensemble="all")`` with the same noise: the captured function is
-:meth:`CudaGraphSampler.run`, which is exactly what ``detect`` runs eagerly.
+:meth:`CudaGraphSampler.run`, which is :meth:`DiffusionDet.sample_fixed`, what ``detect`` runs eagerly.
 
 Capture and replay run with the model's device current (``torch.cuda.device``) and capture on a
 stream of that device: a graph is replayed into the current device's stream, so a model on ``cuda:1``
@@ -23,6 +23,7 @@ from torch import Tensor
 
 from diffdet.modeling.detector import DiffusionDet
 from diffdet.modeling.sampler import Candidates, Generators, draw_noise
+from diffdet.ops._backend import published_mode
 
 
 class CudaGraphSampler:
@@ -41,7 +42,9 @@ class CudaGraphSampler:
         warmup: eager runs on a side stream before capture (compiles and autotunes the kernels).
 
     Raises:
-        ValueError: the model is not on CUDA, or a size is invalid.
+        ValueError: the published mode is on (:func:`diffdet.set_backend`: its pooling loop and sampler
+            sync with the host, which a graph cannot capture), the model is not on CUDA, or a size is
+            invalid.
     """
 
     def __init__(
@@ -55,6 +58,11 @@ class CudaGraphSampler:
         renewal_threshold: float | None = None,
         warmup: int = 3,
     ) -> None:
+        if published_mode():
+            raise ValueError(
+                "CudaGraphSampler runs the fast path only; the published mode is on "
+                "(DIFFDET_BACKEND=published or diffdet.set_backend('published'))"
+            )
         device = model.pixel_mean.device
         if device.type != "cuda":
             raise ValueError(f"model must be on a CUDA device for CudaGraphSampler, got {device}")
@@ -103,13 +111,8 @@ class CudaGraphSampler:
         Returns:
             Candidates [B, S * P].
         """
-        features = self.model.features(images)
-        return self.model.sampler.sample(
-            lambda boxes, t: self.model.head(features, boxes, t),
-            image_whwh,
-            noise=noise,
-            steps=self.steps,
-            renewal_threshold=self.renewal_threshold,
+        return self.model.sample_fixed(
+            images, image_whwh, noise, steps=self.steps, renewal_threshold=self.renewal_threshold
         )
 
     @torch.no_grad()

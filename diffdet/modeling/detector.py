@@ -33,6 +33,7 @@ from diffdet.modeling.sampler import (
     nms_per_image,
 )
 from diffdet.modeling.targets import prepare_targets
+from diffdet.ops._backend import published_mode
 
 
 class DiffusionDet(nn.Module):
@@ -87,6 +88,11 @@ class DiffusionDet(nn.Module):
         """Dataset category id of each contiguous label."""
         return self.cfg.category_ids
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model runs (images are moved here)."""
+        return self.pixel_mean.device
+
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> DiffusionDet:
         # Device moves apply to every buffer; dtype casts skip the float64 schedule and pixel stats.
         keep = {n: self._buffers[n] for n in (*SCHEDULE_BUFFERS, "pixel_mean", "pixel_std")}
@@ -106,7 +112,8 @@ class DiffusionDet(nn.Module):
         convolution's residual add and ReLU as oneDNN post-ops. Enabling also computes the folded
         weights now. Parameters, buffers and the state_dict keep the reference layout either way, so
         checkpoints save and load as usual. Off: the published code's ops (NCHW, unfolded norms).
-        A Swin trunk has no FrozenBatchNorm to fold; its FPN still runs channels-last.
+        A Swin trunk has no FrozenBatchNorm to fold; its FPN still runs channels-last. The published
+        mode (:func:`diffdet.set_backend`) runs as if off, whatever this says.
         """
         self.inference_fusion = enabled
         set_inference_folding(self.backbone, enabled)
@@ -118,10 +125,10 @@ class DiffusionDet(nn.Module):
         Outside training (and with the inference fusions on, see :meth:`fuse_for_inference`) the
         images are made channels-last once here, so the backbone and FPN run channels-last end to end
         and the maps come out in the layout every head stage of every step pools fastest (NCHW maps
-        would be copied per call). Training keeps NCHW, where the pooler's backward returns NCHW
-        gradients.
+        would be copied per call). Training and the published mode keep NCHW (the pooler's backward
+        returns NCHW gradients; the published code runs NCHW).
         """
-        if self.training or not self.inference_fusion:
+        if self.training or not self.inference_fusion or published_mode():
             return list(self.backbone(images).values())
         maps = self.backbone(images.contiguous(memory_format=torch.channels_last)).values()
         return [m.contiguous(memory_format=torch.channels_last) for m in maps]  # a no-op unless a map was not
@@ -155,7 +162,7 @@ class DiffusionDet(nn.Module):
         max_detections: int | None = None,
         seed: int | None = None,
         generator: Generators = None,
-        ensemble: str = "all",
+        ensemble: str | None = None,
         init_boxes: Tensor | None = None,
         return_intermediates: bool = False,
     ):
@@ -179,6 +186,7 @@ class DiffusionDet(nn.Module):
                 batch-1 run); the device's global generator when None and no seed.
             ensemble: "all" (fast, every step ensembled, per-image renewal) or "reference" (the
                 published sampler, its random draws and ensemble; batches with S > 1 run image by image).
+                None: "reference" in the published mode (:func:`diffdet.set_backend`), else "all".
             init_boxes (Tensor[B, P, 4]): starting boxes in diffusion space instead of the first draw.
             return_intermediates: also return, per step, the head input and every stage's output.
 
@@ -250,11 +258,13 @@ class DiffusionDet(nn.Module):
         max_detections: int | None = None,
         seed: int | None = None,
         generator: Generators = None,
-        ensemble: str = "all",
+        ensemble: str | None = None,
         init_boxes: Tensor | None = None,
         return_intermediates: bool = False,
     ):
         """Inference whatever the train/eval mode; arguments and results as :meth:`forward` in eval."""
+        if ensemble is None:
+            ensemble = "reference" if published_mode() else "all"
         num_boxes, steps, renewal_threshold, nms_iou = self.resolve_knobs(
             num_boxes, steps, renewal_threshold, nms_iou, max_detections, ensemble
         )
@@ -278,17 +288,16 @@ class DiffusionDet(nn.Module):
         if num_boxes == 0:
             empty = self._empty(device)
             return ([empty] * size, []) if return_intermediates else [empty] * size
-        features = self.features(batch.tensor)
         if ensemble == "all":
             count = 2 * steps - 1 - (init_boxes is not None)
             noise = draw_noise(count, size, num_boxes, device, generator)
-            candidates = self.sampler.sample(
-                lambda boxes, t: self.head(features, boxes, t), batch.image_whwh, noise=noise, steps=steps,
-                renewal_threshold=renewal_threshold, init_boxes=init_boxes, intermediates=intermediates,
+            candidates = self.sample_fixed(
+                batch.tensor, batch.image_whwh, noise, steps=steps, renewal_threshold=renewal_threshold,
+                init_boxes=init_boxes, intermediates=intermediates,
             )  # fmt: skip
         else:
             candidates = self._sample_reference(
-                features,
+                self.features(batch.tensor),
                 batch.image_whwh,
                 num_boxes,
                 steps,
@@ -299,6 +308,38 @@ class DiffusionDet(nn.Module):
             )
         results = self.finalize(candidates, batch, nms_iou=nms_iou, max_detections=max_detections)
         return (results, intermediates) if return_intermediates else results
+
+    def sample_fixed(
+        self,
+        images: Tensor,
+        image_whwh: Tensor,
+        noise: Tensor,
+        *,
+        steps: int,
+        renewal_threshold: float,
+        init_boxes: Tensor | None = None,
+        intermediates: list[dict] | None = None,
+    ) -> Candidates:
+        """Backbone + FPN, then the fast sampler (``ensemble="all"``): fixed shapes, no host sync.
+
+        The one body of :meth:`detect`'s fast path, of the CUDA-graph capture
+        (:class:`~diffdet.modeling.cuda_graph.CudaGraphSampler`) and of the exported graphs
+        (:mod:`diffdet.export`).
+
+        Args:
+            images (Tensor[B, 3, Hp, Wp]): normalised, padded images in the model's dtype.
+            image_whwh (Tensor[B, 4]): (w, h, w, h) of each resized image, float32.
+            noise (Tensor[N, B, P, 4]): the sampler's noise (see :func:`draw_noise`).
+            steps, renewal_threshold, init_boxes, intermediates: as :meth:`DDIMSampler.sample`.
+
+        Returns:
+            Candidates [B, S * P].
+        """
+        features = self.features(images)
+        return self.sampler.sample(
+            lambda boxes, t: self.head(features, boxes, t), image_whwh, noise=noise, steps=steps,
+            renewal_threshold=renewal_threshold, init_boxes=init_boxes, intermediates=intermediates,
+        )  # fmt: skip
 
     def finalize(
         self, candidates: Candidates, batch: ImageBatch, *, nms_iou: float | None, max_detections: int | None

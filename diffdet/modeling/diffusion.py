@@ -7,6 +7,7 @@ takes xyxy boxes in input-image pixels. All schedule tensors are float64, as in 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import random
@@ -138,10 +139,17 @@ def ddim_time_pairs(timesteps: int, steps: int) -> list[tuple[int, int]]:
     """
     if not 1 <= steps <= timesteps:
         raise ValueError(f"steps must be in [1, {timesteps}], got {steps}")
+    return list(_ddim_time_pairs(timesteps, steps))
+
+
+@functools.cache
+def _ddim_time_pairs(timesteps: int, steps: int) -> tuple[tuple[int, int], ...]:
+    """:func:`ddim_time_pairs`, cached: a call while tracing (``torch.export`` makes every tensor
+    symbolic, so ``tolist`` would give unknown ints) reads the result of an earlier eager call."""
     # float32 linspace truncated toward zero, exactly as the reference (CPU, default dtype float32).
     times = torch.linspace(-1, timesteps - 1, steps=steps + 1, dtype=torch.float32).int().tolist()
     times = times[::-1]
-    return list(itertools.pairwise(times))
+    return tuple(itertools.pairwise(times))
 
 
 def prepare_diffusion_concat(

@@ -203,12 +203,12 @@ class DiffusionDetWithTTA(nn.Module):
     ``DiffusionDetWithTTA(model)(images, **knobs)`` returns per image ``boxes`` [n, 4] xyxy
     original-image pixels, ``scores`` [n], ``labels`` [n] int64 by decreasing score, merged over the
     augmented inputs of ``config``. It exposes the model's ``class_names``, ``category_ids``,
-    ``pixel_mean`` and ``cfg``, so evaluation and detection take it in place of the model.
+    ``device`` and ``cfg``, so evaluation and detection take it in place of the model.
 
     Args:
         model: a DiffusionDet (or anything taking ``(images, resize=False, generator=..., **knobs)``
             and returning detections in input pixels, with ``cfg.min_size_test``, ``cfg.max_size_test``,
-            ``cfg.num_proposals`` and ``pixel_mean``).
+            ``cfg.num_proposals`` and ``device``).
         config: the augmentation and merge (default: the published ones).
         batch_size: augmented inputs of one shape per forward pass (an input and its flip share one).
         progress: a callback called with the number of augmented inputs after each forward pass.
@@ -247,9 +247,9 @@ class DiffusionDetWithTTA(nn.Module):
         return self.model.category_ids
 
     @property
-    def pixel_mean(self) -> Tensor:
-        """The model's pixel mean (its device is where the model runs)."""
-        return self.model.pixel_mean
+    def device(self) -> torch.device:
+        """Where the model's weights are."""
+        return self.model.device
 
     def inputs_per_image(self) -> int:
         """Augmented inputs (forward passes' worth of images) per image."""
@@ -262,7 +262,8 @@ class DiffusionDetWithTTA(nn.Module):
         Args:
             images: a [B, 3, H, W] tensor or a list of [3, H, W] RGB tensors, uint8 or float in [0, 1].
             **knobs: per-call detector knobs (``num_boxes``, ``steps``, ``seed``...); with ``seed`` every
-                augmented input draws from its own generator seeded with it.
+                augmented input draws from its own generator seeded with it; with ``generator`` as a list
+                (one per image) every augmented input of an image starts from a copy of its generator.
 
         Returns:
             Per image a dict ``boxes``, ``scores``, ``labels`` (see the class docstring).
@@ -282,12 +283,15 @@ class DiffusionDetWithTTA(nn.Module):
             for aug in augmented_inputs(tuple(im.shape[1:]), i, self.config, test_size)
         ]
         seed = knobs.pop("seed", None)
+        per_image = knobs.pop("generator", None) if isinstance(knobs.get("generator"), list) else None
         outputs: list[dict[str, Tensor] | None] = [None] * len(augs)
         for chunk in _batches_by_shape(augs, self.batch_size):
             batch = [make_input(images[augs[j].image_index], augs[j]) for j in chunk]
             if seed is not None:
-                device = self.model.pixel_mean.device
+                device = self.model.device
                 knobs["generator"] = [torch.Generator(device=device).manual_seed(int(seed)) for _ in chunk]
+            elif per_image is not None:  # one generator per image: each of its inputs starts from its state
+                knobs["generator"] = [_copy_generator(per_image[augs[j].image_index]) for j in chunk]
             for j, out in zip(chunk, self.model(batch, resize=False, **knobs), strict=True):
                 outputs[j] = out
             if self.progress is not None:
@@ -310,6 +314,13 @@ class DiffusionDetWithTTA(nn.Module):
             return nms_merge(boxes, scores, labels, image_size, max_detections=limit)
         limit = self.model.cfg.num_proposals if limit is None else limit
         return soft_vote_merge(boxes, scores, labels, image_size, max_detections=limit)
+
+
+def _copy_generator(generator: torch.Generator) -> torch.Generator:
+    """A new generator in ``generator``'s current state."""
+    copy = torch.Generator(device=generator.device)
+    copy.set_state(generator.get_state())
+    return copy
 
 
 def _batches_by_shape(augs: list[AugmentedInput], batch_size: int) -> list[list[int]]:

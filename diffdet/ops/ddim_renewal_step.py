@@ -207,7 +207,7 @@ def _ddim_renewal_step_torch(
     renewal_threshold: float,
     renewal: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Vectorised, sync-free form of the reference: a stable argsort replaces the boolean masks.
+    """Vectorised, sync-free form of the reference: a stable partition replaces the boolean masks.
 
     Every slot computes the DDIM update from the kept proposal that lands there (or from proposal j
     itself when nothing lands there) and ``where`` picks the refill noise past the kept count. The
@@ -221,7 +221,13 @@ def _ddim_renewal_step_torch(
     else:
         keep = torch.ones(b, p, dtype=torch.bool, device=img.device)
     num_kept = keep.sum(dim=1)  # [B] int64
-    order = torch.argsort((~keep).to(torch.uint8), dim=1, stable=True)  # [B, P] kept first, in order
+    # Slot of each proposal: kept ones first, then the others, each in order (a stable partition, by
+    # cumulative counts rather than a sort: no sort op, so the step exports to any ONNX runtime).
+    kept_slot = torch.cumsum(keep, dim=1) - 1
+    other_slot = num_kept[:, None] + torch.cumsum(~keep, dim=1) - 1
+    slots = torch.where(keep, kept_slot, other_slot)  # [B, P], a permutation per image
+    proposals = torch.arange(p, device=img.device).expand(b, p)
+    order = torch.empty_like(slots).scatter_(1, slots, proposals)  # [B, P] proposal landing in each slot
     src = order[:, :, None].expand(b, p, 4)
     new = (
         torch.gather(x_start, 1, src) * math.sqrt(alpha_next)

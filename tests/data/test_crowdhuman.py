@@ -132,7 +132,9 @@ def test_the_dataset_kind_follows_the_suffix_or_the_config(crowd, tmp_path):
     explicit = detection_dataset(images, renamed, annotation_format="odgt", crowdhuman_box="fbox")
     assert isinstance(explicit, CrowdHumanDetection) and explicit.box == "fbox"
     coco = tmp_path / "coco.json"
-    coco.write_text(json.dumps({"images": [], "annotations": [], "categories": [{"id": 1, "name": "p"}]}))
+    image = {"id": 1, "file_name": "a.jpg", "height": 8, "width": 8}
+    categories = [{"id": 1, "name": "p"}]
+    coco.write_text(json.dumps({"images": [image], "annotations": [], "categories": categories}))
     assert type(detection_dataset(images, coco)) is CocoDetection
     with pytest.raises(ValueError, match=r"data\.annotation_format must be one of"):
         detection_dataset(images, odgt, annotation_format="lvis2")

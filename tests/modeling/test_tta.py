@@ -164,7 +164,7 @@ class SquareFinder(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.cfg = SimpleNamespace(min_size_test=64, max_size_test=96, num_proposals=50)
-        self.register_buffer("pixel_mean", torch.zeros(3, 1, 1))
+        self.device = torch.device("cpu")
         self.calls: list[int] = []
 
     def forward(self, images, resize=True, **knobs):

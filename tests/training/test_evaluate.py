@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 
 from diffdet.data.coco import CocoDetection
-from diffdet.evaluation.evaluator import coco_box_ap, evaluate, to_coco_results
+from diffdet.evaluation import build_evaluator, inference_on_dataset
+from diffdet.evaluation.coco import coco_box_ap
+from diffdet.evaluation.results import to_coco_results
 
 
 class Oracle(torch.nn.Module):
@@ -45,9 +47,9 @@ def test_results_map_contiguous_labels_to_category_ids():
 
 def test_perfect_detections_score_one_and_wrong_classes_zero(tiny_data, tmp_path):
     val = CocoDetection(tiny_data["val_images"], tiny_data["val_annotations"])
-    metrics = evaluate(Oracle(val), val, torch.device("cpu"), batch_size=2, results_path=tmp_path / "r.json")
+    metrics = inference_on_dataset(Oracle(val), val, build_evaluator(val, tmp_path / "r.json"), batch_size=2)
     assert metrics["AP"] == 1.0 and metrics["AP50"] == 1.0
     assert (tmp_path / "r.json").is_file()
-    wrong = evaluate(Oracle(val, wrong_label=True), val, torch.device("cpu"), batch_size=2)
+    wrong = inference_on_dataset(Oracle(val, wrong_label=True), val, build_evaluator(val), batch_size=2)
     assert wrong["AP50"] == 0.0
     assert coco_box_ap(val.coco, [], [r.image_id for r in val.records])["AP"] == 0.0

@@ -114,7 +114,9 @@ class ToyDetector(nn.Module):
         cxcywh = self.boxes(feats).view(len(images), self.num_queries, 4).sigmoid()
         return logits, box_cxcywh_to_xyxy(cxcywh) * whwh[:, None, :], whwh
 
-    def forward(self, images: list[torch.Tensor], targets: list[dict] | None = None):
+    def forward(self, images: list[torch.Tensor], targets: list[dict] | None = None, **inference_kwargs):
+        """Losses in train mode, detections in eval mode; the sampler's knobs (``generator``...) that
+        evaluation passes have nothing to act on here."""
         logits, boxes, whwh = self._predict(images)
         if not self.training:
             scores, labels = logits.sigmoid().max(-1)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from diffdet.modeling.backbone.frozen_bn import FrozenBatchNorm2d
+from diffdet.ops._backend import published_mode
 
 NORMS = ("FrozenBN", "GN", "BN", "")
 """Accepted ``norm`` names: frozen batch norm (the reference), GroupNorm(32), BatchNorm2d, none."""
@@ -50,8 +51,8 @@ class Conv2d(nn.Conv2d):
     until a weight or statistic changes), and on the CPU the optional residual add and ReLU as oneDNN
     post-ops of the convolution (one pass over the output instead of three). The parameters and the
     state_dict keep the reference layout; calls with autograd on (training) run the unfolded ops.
-    ``fold_at_inference = False`` (see :meth:`DiffusionDet.fuse_for_inference`) runs the unfolded ops
-    always, as the published code does.
+    ``fold_at_inference = False`` (see :meth:`DiffusionDet.fuse_for_inference`) and the published mode
+    (:func:`diffdet.set_backend`) run the unfolded ops always, as the published code does.
 
     Args:
         *args: as ``nn.Conv2d``.
@@ -82,7 +83,12 @@ class Conv2d(nn.Conv2d):
         Returns:
             Tensor[B, Cout, H', W'], in x's memory format on the CPU fast path.
         """
-        if self.fold_at_inference and not torch.is_grad_enabled() and self._foldable():
+        if (
+            self.fold_at_inference
+            and not torch.is_grad_enabled()
+            and self._foldable()
+            and not published_mode()
+        ):
             weight, bias = self.inference_weight_and_bias()
             if (
                 self.padding_mode == "zeros"

@@ -10,7 +10,9 @@ masked (unshifted blocks attend to them too), and the shift mask is -100, not -i
 Attention goes through ``scaled_dot_product_attention`` (fused kernels on GPUs) with the relative
 position bias, plus the shift mask in shifted blocks, as an additive float mask; q is pre-scaled by
 head_dim^-0.5 as the published code does and passed with ``scale=1.0``, so the logits are the same
-products in the same order.
+products; the fused kernel still rounds differently (about 1e-6 relative at Swin-B). The published
+mode (:func:`diffdet.set_backend`) runs the published arithmetic instead, op for op: q·kᵀ, + bias,
++ mask, softmax, @ v.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from diffdet.modeling.backbone.swin_windows import (
     window_padding,
 )
 from diffdet.modeling.shape_spec import ShapeSpec
+from diffdet.ops._backend import published_mode
 
 
 class DropPath(nn.Module):
@@ -110,6 +113,8 @@ class WindowAttention(nn.Module):
         Returns:
             Tensor[B·nW, N, C].
         """
+        if published_mode():
+            return self._published_forward(x, mask)
         windows, n, c = x.shape
         h = self.num_heads
         # One copy to [3, B·nW, h, N, d] contiguous: q, k and v then reshape to any batch split for free.
@@ -129,6 +134,23 @@ class WindowAttention(nn.Module):
                 q.view(shape), k.view(shape), v.view(shape), attn_mask=full, scale=1.0
             ).view(windows, h, n, c // h)
         return self.proj(out.transpose(1, 2).reshape(windows, n, c))
+
+    def _published_forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        """The published ``WindowAttention.forward``, op for op and layout for layout (bitwise equal
+        to it): explicit q·kᵀ with q scaled first, the bias then the mask added, softmax, @ v."""
+        windows, n, c = x.shape
+        h = self.num_heads
+        qkv = self.qkv(x).reshape(windows, n, 3, h, c // h).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        q = q * self.scale
+        attn = q @ k.transpose(-2, -1)
+        attn = attn + self.position_bias().unsqueeze(0)
+        if mask is not None:
+            nw = mask.shape[0]
+            attn = attn.view(windows // nw, nw, h, n, n) + mask.to(attn.dtype).unsqueeze(1).unsqueeze(0)
+            attn = attn.view(-1, h, n, n)
+        attn = attn.softmax(dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(windows, n, c))
 
 
 class SwinBlock(nn.Module):
