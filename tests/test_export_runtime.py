@@ -11,13 +11,17 @@ PyTorch model are checked in tests/test_export_same_detections.py.
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import warnings
+from pathlib import Path
 
 import onnx
 import pytest
 import torch
 from torch import nn
 
+from diffdet.cli import build_parser
 from diffdet.errors import InputError
 from diffdet.export.runtime import load_exported
 from diffdet.modeling.preprocess import postprocess_boxes
@@ -180,3 +184,15 @@ def test_damaged_or_foreign_files_are_refused_naming_the_file(onnx_file, tmp_pat
             load_exported(path)
     with pytest.raises(InputError, match="cannot run"):
         load_exported(onnx_file, "torch")
+
+
+def test_every_command_of_docs_deploy_parses():
+    text = (Path(__file__).resolve().parents[1] / "docs" / "deploy.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    commands = [
+        line.strip() for block in blocks for line in block.splitlines() if line.startswith("diffdet ")
+    ]
+    assert {c.split()[1] for c in commands} == {"export", "detect", "eval", "bench"}
+    parser = build_parser()
+    for command in commands:
+        parser.parse_args(shlex.split(command)[1:])
