@@ -21,7 +21,7 @@ import pytest
 import torch
 from torch import nn
 
-from diffdet.cli import build_parser
+from diffdet.cli import build_parser, main
 from diffdet.errors import InputError
 from diffdet.export.runtime import load_exported
 from diffdet.modeling.preprocess import postprocess_boxes
@@ -196,3 +196,15 @@ def test_every_command_of_docs_deploy_parses():
     parser = build_parser()
     for command in commands:
         parser.parse_args(shlex.split(command)[1:])
+
+
+def test_bench_times_an_exported_file_at_its_own_point(onnx_file, tmp_path, capsys):
+    argv = ["bench", "--weights", str(onnx_file), "--device", "cpu", "--warmup", "0", "--iters", "2"]
+    assert main([*argv, "--out", str(tmp_path), "--name", "stand_in"]) == 0
+    records = json.loads((tmp_path / "stand_in.json").read_text())["records"]
+    assert [(r["mode"], r["num_boxes"], r["steps"], r["batch"]) for r in records] == [
+        ("onnxruntime", BOXES, STEPS, BATCH)
+    ]
+    capsys.readouterr()
+    assert main([*argv, "--boxes", "7", "--out", str(tmp_path)]) == 2
+    assert f"runs {BOXES} boxes x {STEPS} step(s) only" in capsys.readouterr().err
