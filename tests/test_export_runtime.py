@@ -19,6 +19,7 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from diffdet.cli import build_parser, main
@@ -208,3 +209,17 @@ def test_bench_times_an_exported_file_at_its_own_point(onnx_file, tmp_path, caps
     capsys.readouterr()
     assert main([*argv, "--boxes", "7", "--out", str(tmp_path)]) == 2
     assert f"runs {BOXES} boxes x {STEPS} step(s) only" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_detect_draws_and_writes_the_runtimes_detections(onnx_file, tmp_path, runtime):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    image = images_of([(40, 60)])[0]
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / "000000000007.png")
+    argv = ["detect", str(folder), "--weights", str(onnx_file), "--runtime", runtime, "--seed", "3"]
+    assert main([*argv, "--score-thr", "0", "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    results = json.loads((tmp_path / "out" / "detections.json").read_text())
+    want = expected([image], 3)[0]
+    assert [r["score"] for r in results] == pytest.approx(want["scores"].tolist(), abs=1e-5)
+    assert {r["image_id"] for r in results} == {7} and (tmp_path / "out" / "000000000007.png").is_file()
