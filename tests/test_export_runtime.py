@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import sys
 import warnings
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from diffdet.errors import InputError
 from diffdet.export.runtime import load_exported
 from diffdet.modeling.preprocess import postprocess_boxes
 from diffdet.modeling.sampler import draw_noise
+from diffdet.optional import MissingDependencyError
 
 HEIGHT, WIDTH, BATCH, BOXES, STEPS = 32, 48, 2, 5, 2
 METADATA = {
@@ -223,3 +225,13 @@ def test_detect_draws_and_writes_the_runtimes_detections(onnx_file, tmp_path, ru
     want = expected([image], 3)[0]
     assert [r["score"] for r in results] == pytest.approx(want["scores"].tolist(), abs=1e-5)
     assert {r["image_id"] for r in results} == {7} and (tmp_path / "out" / "000000000007.png").is_file()
+
+
+@pytest.mark.parametrize(("runtime", "package"), [("onnxruntime", "onnxruntime"), ("openvino", "openvino")])
+def test_a_missing_engine_names_the_package_to_install(onnx_file, monkeypatch, capsys, runtime, package):
+    monkeypatch.setitem(sys.modules, package, None)  # import fails as if not installed
+    with pytest.raises(MissingDependencyError, match=f"pip install {package}"):
+        load_exported(onnx_file, runtime)
+    argv = ["detect", str(onnx_file), "--weights", str(onnx_file), "--runtime", runtime, "--no-progress"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.count("\n") == 1
