@@ -31,11 +31,14 @@ from pathlib import Path
 
 import torch
 
+from diffdet import _extension
 from diffdet.errors import InputError
 from diffdet.export.graph import DetectorGraph, GraphSpec
 from diffdet.export.metadata import FORMAT_VERSION, METADATA_KEY, PT2_EXTRA_FILE, format_of
 from diffdet.modeling.backbone.conv import fold_frozen_batchnorm
 from diffdet.modeling.detector import DiffusionDet
+from diffdet.ops import _backend
+from diffdet.optional import require
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 """``dtype`` names of the graph's weights and activations (boxes and sampler stay float32)."""
@@ -95,6 +98,7 @@ def export(
         raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if fmt == "onnx" and (not isinstance(opset, int) or opset < MIN_OPSET):
         raise InputError(f"opset must be an integer >= {MIN_OPSET}, got {opset!r}")
+    _check_ops()
     meta = _metadata(model, spec, fmt, dtype, opset)
     start = time.perf_counter()
     graph = DetectorGraph(_export_copy(model, DTYPES[dtype]), spec).eval()
@@ -109,6 +113,23 @@ def export(
         else:
             _write_onnx(program, (images, noise), tmp, opset, text)
     return {**meta, "seconds": time.perf_counter() - start, "bytes": path.stat().st_size}
+
+
+def _check_ops() -> None:
+    """The graph records the compiled CPU ops (RoIAlign, NMS) through their fake kernels; the plain
+    references have data-dependent shapes, so a forced backend cannot be traced.
+
+    Raises:
+        InputError: ``DIFFDET_BACKEND`` is set.
+        RuntimeError: the compiled ops are not built (``diffdet._C``).
+    """
+    forced = _backend.forced_backend()
+    if forced is not None:
+        raise InputError(f"DIFFDET_BACKEND={forced}: unset it to export (the graph holds the compiled ops)")
+    for op in ("roi_align_multilevel", "batched_nms"):
+        if not _extension.has_kernel(op, "cpu"):
+            reason = _extension.load_error() or "built without a CPU kernel"
+            raise RuntimeError(f"export needs the compiled op diffdet::{op} (diffdet._C): {reason}")
 
 
 def _check_format(fmt: str | None, path: Path) -> str:
@@ -197,8 +218,8 @@ def _write_onnx(
     program: torch.export.ExportedProgram, args: tuple, path: Path, opset: int, metadata: str
 ) -> None:
     """Translate to ONNX (custom ops -> standard operators), attach the metadata, check, save."""
-    import onnx
-
+    onnx = require("onnx", "onnx", "ONNX export")
+    require("onnxscript", "onnxscript", "ONNX export")
     from diffdet.export.onnx_ops import translations
 
     onnx_program = torch.onnx.export(

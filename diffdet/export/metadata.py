@@ -13,6 +13,7 @@ import zlib
 from pathlib import Path
 
 from diffdet.errors import InputError
+from diffdet.optional import require
 
 METADATA_KEY = "diffdet"
 """ONNX ``metadata_props`` key, and the stem of the ``.pt2`` extra file."""
@@ -80,7 +81,7 @@ def read_metadata(path: str | Path) -> dict:
 
 
 def _read_onnx(path: Path) -> str:
-    import onnx
+    onnx = require("onnx", "onnx", "reading an ONNX file")
     from google.protobuf.message import DecodeError
 
     try:

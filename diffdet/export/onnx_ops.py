@@ -23,15 +23,17 @@ from collections.abc import Sequence
 
 import torch
 from onnxscript import ir
+from onnxscript.function_libs.torch_lib.tensor_typing import TFloat
 from onnxscript.onnx_opset import opset18 as op
+from onnxscript.onnx_types import INT64
 
 _FLOAT_LOWEST = float(torch.finfo(torch.float32).min)
 
 
 def roi_align_multilevel(
-    features: Sequence[ir.Value],
-    boxes: ir.Value,
-    batch_idx: ir.Value,
+    features: Sequence[TFloat],
+    boxes: TFloat,
+    batch_idx: INT64,
     output_size: int,
     sampling_ratio: int,
     aligned: bool,
@@ -39,7 +41,7 @@ def roi_align_multilevel(
     canonical_level: int,
     min_level: int,
     bin_major: bool,
-) -> ir.Value:
+) -> TFloat:
     """``diffdet::roi_align_multilevel`` as per-level ``RoiAlign`` + ``Where`` (see the module doc)."""
     x1 = op.Gather(boxes, op.Constant(value_int=0), axis=1)
     y1 = op.Gather(boxes, op.Constant(value_int=1), axis=1)
@@ -53,7 +55,8 @@ def roi_align_multilevel(
     ratio = op.Add(op.Div(op.Sqrt(area), const(canonical_box_size)), const(1e-8))
     level = op.Floor(op.Add(const(canonical_level), op.Div(op.Log(ratio), const(math.log(2.0)))))
     level = op.Clip(level, const(min_level), const(min_level + len(features) - 1))
-    rois = op.Cast(boxes, to=ir.DataType.FLOAT)
+    # As the op (and detectron2's ROIAlign): sample at the boxes rounded to the features' dtype.
+    rois = op.Cast(op.Cast(boxes, to=features[0].dtype), to=ir.DataType.FLOAT)
     out = None
     for index, fmap in enumerate(features):
         pooled = op.RoiAlign(
@@ -76,8 +79,8 @@ def roi_align_multilevel(
 
 
 def batched_nms_padded(
-    boxes: ir.Value, scores: ir.Value, idxs: ir.Value, iou_threshold: float
-) -> tuple[ir.Value, ir.Value]:
+    boxes: TFloat, scores: TFloat, idxs: INT64, iou_threshold: float
+) -> tuple[INT64, INT64]:
     """``diffdet::batched_nms_padded`` as ``NonMaxSuppression`` over per-class score rows."""
     num = op.Shape(scores)  # [1]: K
     classes = op.Range(

@@ -41,7 +41,8 @@ def noise(steps: int, batch: int, boxes: int, seed: int = 0) -> torch.Tensor:
 def assert_equal_detections(outputs, expected: list[dict], *, atol: float = 1e-3) -> None:
     """Graph outputs (boxes [N, K, 4], scores, labels, num_detections; tensors or arrays) hold the
     model's detections: same count and labels, scores within ``atol``, every box at IoU >= 0.99 with
-    its counterpart and within ``atol`` of the box size in pixels (at least 1e-3 px)."""
+    its counterpart or, for boxes too small for a stable IoU (random weights make some a thousandth
+    of a pixel wide), every coordinate within ``atol`` pixels."""
     from diffdet.modeling.box_ops import box_iou
 
     boxes, scores, labels, count = (torch.as_tensor(o) for o in outputs)
@@ -53,5 +54,19 @@ def assert_equal_detections(outputs, expected: list[dict], *, atol: float = 1e-3
         assert torch.equal(labels[b, :n], want["labels"]), f"image {b}: labels"
         torch.testing.assert_close(scores[b, :n], want["scores"], atol=atol, rtol=0)
         iou = box_iou(boxes[b, :n], want["boxes"]).diagonal()
-        assert float(iou.min()) >= 0.99, f"image {b}: IoU {float(iou.min())}"
+        near = (boxes[b, :n] - want["boxes"]).abs().amax(dim=1) <= atol
+        assert bool(((iou >= 0.99) | near).all()), f"image {b}: IoU {iou.tolist()}"
         assert bool((scores[b, n:] == 0).all() and (boxes[b, n:] == 0).all()), "padding rows are zeros"
+
+
+def run_onnx(path, x: torch.Tensor, z: torch.Tensor) -> list:
+    """ONNX Runtime's outputs of an exported file for images ``x`` and noise ``z`` (one thread)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3  # errors only
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["images", "noise"]
+    assert [o.name for o in session.get_outputs()] == ["boxes", "scores", "labels", "num_detections"]
+    return session.run(None, {"images": x.numpy(), "noise": z.numpy()})

@@ -4,29 +4,39 @@ line and exit status 2."""
 from __future__ import annotations
 
 import pytest
-from exportkit import tame_detector
+import torch
 
 import diffdet
 from diffdet.checkpoint import save_checkpoint
 from diffdet.cli import main
+from diffdet.config import load_config
+from diffdet.modeling import build_detector
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def weights(one_thread, tmp_path_factory):
-    model = tame_detector()
-    return save_checkpoint(tmp_path_factory.mktemp("weights") / "tiny.pth", model, model.cfg)
+    """A checkpoint of the quickstart preset's detector (random weights; trainable BatchNorm, which
+    the export keeps as it is, unlike FrozenBatchNorm, which it folds)."""
+    torch.manual_seed(0)
+    cfg = load_config("quickstart").model
+    return save_checkpoint(tmp_path_factory.mktemp("weights") / "quickstart.pth", build_detector(cfg), cfg)
 
 
 def test_export_writes_the_file_with_the_options_asked(weights, tmp_path, capsys):
     out = tmp_path / "tiny.pt2"
     argv = ["export", "--weights", str(weights), "--out", str(out), "--size", "48x80", "--boxes", "8"]
-    assert main([*argv, "--steps", "2", "--batch", "2", "--max-detections", "10"]) == 0
-    assert f"wrote {out}: pt2, 2 x 48x80 uint8, 8 boxes x 2 step(s), fp32" in capsys.readouterr().out
+    assert main([*argv, "--steps", "2", "--batch", "2", "--max-detections", "10", "--dtype", "fp16"]) == 0
+    assert f"wrote {out}: pt2, 2 x 48x80 uint8, 8 boxes x 2 step(s), fp16" in capsys.readouterr().out
     meta = diffdet.export.read_metadata(out)
     assert (meta["height"], meta["width"], meta["num_boxes"], meta["steps"]) == (48, 80, 8, 2)
-    assert (meta["batch"], meta["max_detections"]) == (2, 10)
+    assert (meta["batch"], meta["max_detections"], meta["dtype"]) == (2, 10, "fp16")
+    images = torch.zeros((2, 3, 48, 80), dtype=torch.uint8)
+    with torch.no_grad():
+        boxes, scores, labels, count = torch.export.load(str(out)).module()(images, torch.randn(3, 2, 8, 4))
+    assert boxes.shape == (2, 10, 4) and boxes.dtype == scores.dtype == torch.float32
+    assert labels.dtype == count.dtype == torch.int64 and count.shape == (2,)
 
 
 @pytest.mark.parametrize(

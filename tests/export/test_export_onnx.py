@@ -3,18 +3,19 @@ the same noise (steps 1 and 2, renewal and batching exercised), and its metadata
 
 from __future__ import annotations
 
+import copy
 import re
 
-import onnx
 import pytest
 import torch
-from exportkit import assert_equal_detections, images, noise, tame_detector
+from exportkit import assert_equal_detections, images, noise, run_onnx, tame_detector
 
 import diffdet
 from diffdet.errors import InputError
 
-ort = pytest.importorskip("onnxruntime")
-
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxscript")
+pytest.importorskip("onnxruntime")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -29,16 +30,6 @@ def two_steps(model, tmp_path_factory):
     path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
     meta = diffdet.export(model, path, size=(64, 96), steps=2, batch=2)
     return path, meta
-
-
-def run(path, x, z):
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.log_severity_level = 3  # no warnings about constant folding
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    assert [i.name for i in session.get_inputs()] == ["images", "noise"]
-    assert [o.name for o in session.get_outputs()] == ["boxes", "scores", "labels", "num_detections"]
-    return session.run(None, {"images": x.numpy(), "noise": z.numpy()})
 
 
 def test_file_passes_the_full_checker_with_standard_operators_only(two_steps):
@@ -62,7 +53,7 @@ def test_two_steps_batch_two_equal_the_model_on_the_same_noise(model, two_steps)
     path, _ = two_steps
     x = images(2)
     expected = model(list(x), steps=2, seed=3)
-    assert_equal_detections(run(path, x, noise(2, 2, 12, seed=3)), expected)
+    assert_equal_detections(run_onnx(path, x, noise(2, 2, 12, seed=3)), expected)
 
 
 def test_one_step_with_the_resize_in_the_graph_equals_the_model(model, tmp_path):
@@ -76,7 +67,7 @@ def test_one_step_with_the_resize_in_the_graph_equals_the_model(model, tmp_path)
     x = torch.tensor([30, 120, 200], dtype=torch.uint8).view(1, 3, 1, 1).repeat(1, 1, 48, 80)
     x[:, :, 10:30, 20:50] = 240
     expected = model(list(x), steps=1, seed=0, max_detections=5)
-    assert_equal_detections(run(path, x, noise(1, 1, 12)), expected)
+    assert_equal_detections(run_onnx(path, x, noise(1, 1, 12)), expected)
 
 
 def test_metadata_round_trip(model, two_steps):
@@ -105,3 +96,14 @@ def test_a_damaged_or_foreign_file_is_an_input_error_naming_it(two_steps, tmp_pa
         onnx.save(proto, str(bad))
     with pytest.raises(InputError, match=re.escape(str(bad))):
         diffdet.export.read_metadata(bad)
+
+
+def test_fp16_graph_equals_the_fp16_model(model, tmp_path):
+    """Weights and activations in float16 (boxes, sampler and NMS in float32); RoIAlign samples at the
+    boxes rounded to float16, as the op does."""
+    path = tmp_path / "half.onnx"
+    meta = diffdet.export(model, path, steps=1, batch=1, dtype="fp16")
+    assert meta["dtype"] == "fp16"
+    x = images(1)
+    expected = copy.deepcopy(model).half()(list(x), steps=1, seed=0)
+    assert_equal_detections(run_onnx(path, x, noise(1, 1, 12)), expected, atol=3e-3)
