@@ -96,7 +96,7 @@ for f in "${OUTPUTS[@]}"; do rm -f "${OUTDIR:?}/$f"; done
 # Stage table, in order of value: name, cap in seconds on the GPU machine.
 STAGE_NAMES=(build headline gpu_tests kernel_bench memcheck grid racecheck onnx_gpu)
 declare -A CAP=([build]=240 [headline]=150 [gpu_tests]=120 [kernel_bench]=100 [memcheck]=90 [grid]=150
-                [racecheck]=60 [onnx_gpu]=120)
+                [racecheck]=60 [onnx_gpu]=180)
 declare -A STATUS SECS NOTE EFFCAP
 for s in "${STAGE_NAMES[@]}"; do
     STATUS[$s]=pending; SECS[$s]=0; NOTE[$s]=""; EFFCAP[$s]=0
@@ -293,11 +293,12 @@ stage_grid() {
 # The exported graph in ONNX Runtime beside eager PyTorch (diffdet bench --runtimes): on the GPU through
 # its TensorRT or CUDA provider, skipped with one line where neither is present; the dry run uses the CPU.
 stage_onnx_gpu() {
-    local providers
+    local providers point="300 1"
     providers="$("$PY" -c 'import onnxruntime as o; print(",".join(o.get_available_providers()))' 2> /dev/null)" \
         || { note "onnxruntime not installed (pip install diffdet[export])"; return 77; }
     if [ "$MODE" = dry ]; then
         BENCH_ARGS=(model.backbone=R18 $BENCH_TINY --modes fp32 --baselines published --size 32x48)
+        point="5 1"
     else
         case ",$providers," in
             *,TensorrtExecutionProvider,*|*,CUDAExecutionProvider,*) ;;
@@ -307,7 +308,7 @@ stage_onnx_gpu() {
     fi
     BENCH_ARGS+=(--runtimes eager,onnxruntime)
     note "providers: $providers"
-    bench_points onnx_gpu "300 1"
+    bench_points onnx_gpu "$point"
 }
 
 export -f note stage_build merge_bench bench_points stage_headline stage_gpu_tests stage_kernel_bench \

@@ -78,3 +78,19 @@ def test_an_int8_file_losing_more_than_the_allowed_ap50_is_refused(tmp_path):
     check_int8(0.90, 0.90 - MAX_AP50_DROP / 2, tmp_path / "int8.onnx")
     with pytest.raises(InputError, match=r"int8\.onnx: int8 AP50 0\.850 is 0\.050 below fp32's 0\.900"):
         check_int8(0.90, 0.85, tmp_path / "int8.onnx")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--out", "x.pt2", "--quantize", "int8"], "--quantize int8 writes an .onnx file from fp32"),
+        (["--out", "x.onnx", "--quantize", "int8", "--dtype", "fp16"], "--quantize int8 writes an .onnx"),
+        (["--out", "x.onnx", "--check-data", "val.json"], "--check-data checks a --quantize int8 file"),
+    ],
+)
+def test_export_command_refuses_quantize_options_it_cannot_honour(options, message, capsys):
+    from diffdet.cli import main
+
+    assert main(["export", "--weights", "unused.pth", *options]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message in err

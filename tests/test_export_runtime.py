@@ -11,17 +11,24 @@ PyTorch model are checked in tests/test_export_same_detections.py.
 from __future__ import annotations
 
 import json
+import re
+import shlex
+import sys
 import warnings
+from pathlib import Path
 
 import onnx
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
+from diffdet.cli import build_parser, main
 from diffdet.errors import InputError
 from diffdet.export.runtime import load_exported
 from diffdet.modeling.preprocess import postprocess_boxes
 from diffdet.modeling.sampler import draw_noise
+from diffdet.optional import MissingDependencyError
 
 HEIGHT, WIDTH, BATCH, BOXES, STEPS = 32, 48, 2, 5, 2
 METADATA = {
@@ -180,3 +187,51 @@ def test_damaged_or_foreign_files_are_refused_naming_the_file(onnx_file, tmp_pat
             load_exported(path)
     with pytest.raises(InputError, match="cannot run"):
         load_exported(onnx_file, "torch")
+
+
+def test_every_command_of_docs_deploy_parses():
+    text = (Path(__file__).resolve().parents[1] / "docs" / "deploy.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    commands = [
+        line.strip() for block in blocks for line in block.splitlines() if line.startswith("diffdet ")
+    ]
+    assert {c.split()[1] for c in commands} == {"export", "detect", "eval", "bench"}
+    parser = build_parser()
+    for command in commands:
+        parser.parse_args(shlex.split(command)[1:])
+
+
+def test_bench_times_an_exported_file_at_its_own_point(onnx_file, tmp_path, capsys):
+    argv = ["bench", "--weights", str(onnx_file), "--device", "cpu", "--warmup", "0", "--iters", "2"]
+    assert main([*argv, "--out", str(tmp_path), "--name", "stand_in"]) == 0
+    records = json.loads((tmp_path / "stand_in.json").read_text())["records"]
+    assert [(r["mode"], r["num_boxes"], r["steps"], r["batch"]) for r in records] == [
+        ("onnxruntime", BOXES, STEPS, BATCH)
+    ]
+    capsys.readouterr()
+    assert main([*argv, "--boxes", "7", "--out", str(tmp_path)]) == 2
+    assert f"runs {BOXES} boxes x {STEPS} step(s) only" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_detect_draws_and_writes_the_runtimes_detections(onnx_file, tmp_path, runtime):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    image = images_of([(40, 60)])[0]
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / "000000000007.png")
+    argv = ["detect", str(folder), "--weights", str(onnx_file), "--runtime", runtime, "--seed", "3"]
+    assert main([*argv, "--score-thr", "0", "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    results = json.loads((tmp_path / "out" / "detections.json").read_text())
+    want = expected([image], 3)[0]
+    assert [r["score"] for r in results] == pytest.approx(want["scores"].tolist(), abs=1e-5)
+    assert {r["image_id"] for r in results} == {7} and (tmp_path / "out" / "000000000007.png").is_file()
+
+
+@pytest.mark.parametrize(("runtime", "package"), [("onnxruntime", "onnxruntime"), ("openvino", "openvino")])
+def test_a_missing_engine_names_the_package_to_install(onnx_file, monkeypatch, capsys, runtime, package):
+    monkeypatch.setitem(sys.modules, package, None)  # import fails as if not installed
+    with pytest.raises(MissingDependencyError, match=f"pip install {package}"):
+        load_exported(onnx_file, runtime)
+    argv = ["detect", str(onnx_file), "--weights", str(onnx_file), "--runtime", runtime, "--no-progress"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.count("\n") == 1

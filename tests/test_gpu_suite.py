@@ -232,6 +232,7 @@ case "$1 ${2:-}" in
         printf 'SUITE_CAPABILITY=9.0\\nSUITE_CORES=16\\n' > "$6/preflight.env"
         echo "device    NVIDIA H200, capability 9.0 (sm_90)"; exit 0 ;;
     *gpu_suite_report.py\\ arch) echo "_C.so: sm_90"; exit 0 ;;
+    -c\\ *onnxruntime*) echo "TensorrtExecutionProvider,CUDAExecutionProvider,CPUExecutionProvider"; exit 0 ;;
     *gpu_suite_report.py\\ *) exec "$REAL_PYTHON" "$@" ;;
 esac
 """
@@ -268,10 +269,12 @@ def test_real_mode_runs_each_stage_with_the_gpu_machines_commands(tmp_path):
                and "--batch 1" in c for c in headline)  # fmt: skip
     assert "--boxes 300 --steps 1 " in headline[0] and "--boxes 500 --steps 4 " in headline[1]
     assert any("model.backbone=SwinB" in c for c in benches[2:])
+    assert any("--device cuda" in c and "--runtimes eager,onnxruntime" in c for c in benches)  # onnx_gpu
     order = [
         next(i for i, c in enumerate(calls) if key in c)
         for key in ("-m pip install", "--boxes 300 --steps 1", "-m pytest -m gpu", "benchmarks/bench_",
-                    "SANITIZER --tool memcheck", "--boxes 2000", "SANITIZER --tool racecheck")
+                    "SANITIZER --tool memcheck", "--boxes 2000", "SANITIZER --tool racecheck",
+                    "--runtimes eager,onnxruntime")
     ]  # fmt: skip
     assert order == sorted(order)
     memcheck = [c for c in calls if "SANITIZER --tool memcheck" in c]

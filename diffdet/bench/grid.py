@@ -17,6 +17,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -30,10 +31,13 @@ from diffdet.bench.pipeline import (
     published_copy,
     staged_detect,
 )
-from diffdet.bench.runtimes import check_runtimes, runtime_runs
+from diffdet.bench.runtimes import check_runtimes, runtime_run, runtime_runs
 from diffdet.bench.settings import PUBLISHED, GridSettings
 from diffdet.bench.timing import Clock, percentile, summarize
 from diffdet.modeling.detector import DiffusionDet
+
+if TYPE_CHECKING:
+    from diffdet.export.runtime import ExportedDetector
 from diffdet.ops._backend import AUTO, set_backend
 
 
@@ -214,3 +218,22 @@ def published_comparison(records: list[dict]) -> dict:
         r for r in records if r["backend"] == "fast" and (r["num_boxes"], r["steps"], r["batch"]) == setting
     ]
     return {"published": PUBLISHED, "ours": max(ours, key=lambda r: r["fps"]) if ours else None}
+
+
+def run_exported(detector: ExportedDetector, settings: GridSettings) -> list[dict]:
+    """Time an exported file (``diffdet bench --weights X.onnx``) at the one point it was exported for:
+    its boxes, steps, batch and size; no baselines (there is no PyTorch model to run them).
+
+    Raises:
+        ValueError: the grid asks for other boxes or steps than the file's.
+    """
+    point = (detector.num_boxes, detector.steps)
+    if {(p, s) for p in settings.boxes for s in settings.steps} != {point}:
+        raise ValueError(
+            f"--boxes/--steps: {detector.path.name} runs {point[0]} boxes x {point[1]} step(s) only"
+        )
+    clock = Clock(torch.device("cpu"))
+    images = synthetic_images(detector.batch, detector.size, settings.seed, torch.device("cpu"))
+    run = runtime_run(detector, images, settings.seed, clock)
+    _, stats, _ = _measure({detector.runtime: run}, settings.warmup, settings.iters)[detector.runtime]
+    return [_record(detector.runtime, "fast", *point, detector.batch, stats, None)]

@@ -83,11 +83,13 @@ def runtime_runs(
         )
         engine = "onnxruntime" if name == "int8" else name
         detector = load_exported(path, engine, threads=threads, device=device)
-        runs[name] = _timed(detector, list(images), seed, clock)
+        runs[name] = runtime_run(detector, list(images), seed, clock)
     return runs
 
 
-def _timed(detector: Callable, images: list[Tensor], seed: int, clock: Clock) -> Run:
+def runtime_run(detector: Callable, images: list[Tensor], seed: int, clock: Clock) -> Run:
+    """A timed call of ``detector(images, seed=seed)``: () -> (detections, {"total": ms})."""
+
     def run() -> tuple[list[dict[str, Tensor]], dict[str, float]]:
         start = clock.mark()
         detections = detector(images, seed=seed)

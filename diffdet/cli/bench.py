@@ -157,7 +157,7 @@ def bench_main(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from diffdet.bench.grid import run_grid
+    from diffdet.bench.grid import run_exported, run_grid
     from diffdet.bench.pipeline import mode_dtype
     from diffdet.bench.report import (
         device_name,
@@ -167,6 +167,7 @@ def bench_main(args: argparse.Namespace) -> int:
         plot_fps,
         write_json,
     )
+    from diffdet.export.runtime import is_exported
     from diffdet.hardware import cpu_isa
 
     try:
@@ -178,6 +179,9 @@ def bench_main(args: argparse.Namespace) -> int:
         if args.data and not args.weights:
             raise InputError("--data needs --weights (AP of random weights means nothing)")
         model = prepare_model(args, device)
+        exported = is_exported(args.weights or "")
+        if exported and args.boxes == list(DEFAULT_BOXES) and args.steps == list(DEFAULT_STEPS):
+            args.boxes, args.steps = [model.num_boxes], [model.steps]  # the file's point
         if args.dtype and args.modes:
             raise InputError("give --dtype or --modes, not both")
         default = ["fp32", "bf16", "graph"] if device.type == "cuda" else ["fp32", "bf16"]
@@ -210,7 +214,7 @@ def bench_main(args: argparse.Namespace) -> int:
         with tqdm(total=calls, desc="bench", unit="step") as bar:
             progress = _advance(bar)
             for settings in grids:
-                records += run_grid(model, settings, progress=progress)
+                records += run_exported(model, settings) if exported else run_grid(model, settings, progress)
             bar.update(1)  # the last step
     except (InputError, ValueError) as err:
         print(f"diffdet bench: error: {err}", file=sys.stderr)
@@ -234,7 +238,7 @@ def bench_main(args: argparse.Namespace) -> int:
         "runtimes": args.runtimes,
         "threads": torch.get_num_threads(),
         "data": args.data,
-        "backbone": model.cfg.backbone,
+        "backbone": getattr(model.cfg, "backbone", None),
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     print(format_table(records, dev, meta["isa"]))
