@@ -201,12 +201,14 @@ def test_every_command_of_docs_deploy_parses():
         parser.parse_args(shlex.split(command)[1:])
 
 
-def test_bench_times_an_exported_file_at_its_own_point(onnx_file, tmp_path, capsys):
-    argv = ["bench", "--weights", str(onnx_file), "--device", "cpu", "--warmup", "0", "--iters", "2"]
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_bench_times_an_exported_file_at_its_own_point(onnx_file, tmp_path, capsys, runtime):
+    argv = ["bench", "--weights", str(onnx_file), "--runtime", runtime, "--device", "cpu", "--threads", "1"]
+    argv += ["--warmup", "0", "--iters", "2"]
     assert main([*argv, "--out", str(tmp_path), "--name", "stand_in"]) == 0
     records = json.loads((tmp_path / "stand_in.json").read_text())["records"]
     assert [(r["mode"], r["num_boxes"], r["steps"], r["batch"]) for r in records] == [
-        ("onnxruntime", BOXES, STEPS, BATCH)
+        (runtime, BOXES, STEPS, BATCH)
     ]
     capsys.readouterr()
     assert main([*argv, "--boxes", "7", "--out", str(tmp_path)]) == 2
