@@ -25,7 +25,9 @@ from torch import nn
 
 from diffdet.cli import build_parser, main
 from diffdet.errors import InputError
-from diffdet.export.runtime import load_exported
+from diffdet.export.backends import OpenVinoEngine
+from diffdet.export.metadata import read_metadata
+from diffdet.export.runtime import ExportedDetector, load_exported
 from diffdet.modeling.preprocess import postprocess_boxes
 from diffdet.modeling.sampler import draw_noise
 from diffdet.optional import MissingDependencyError
@@ -237,3 +239,12 @@ def test_a_missing_engine_names_the_package_to_install(onnx_file, monkeypatch, c
     argv = ["detect", str(onnx_file), "--weights", str(onnx_file), "--runtime", runtime, "--no-progress"]
     assert main(argv) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_openvino_bf16_engine_runs_the_graph(onnx_file):
+    engine = OpenVinoEngine(onnx_file, threads=1, precision="bf16")
+    model = ExportedDetector(engine, read_metadata(onnx_file), onnx_file, "openvino-bf16")
+    images = images_of([(HEIGHT, WIDTH)])
+    got, want = model(images, seed=0)[0], expected(images, 0)[0]
+    assert torch.equal(got["labels"], want["labels"])  # labels come from the noise's sign, exact in bf16
+    torch.testing.assert_close(got["boxes"], want["boxes"], atol=0.5, rtol=0.02)
