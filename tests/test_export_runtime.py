@@ -25,7 +25,9 @@ from torch import nn
 
 from diffdet.cli import build_parser, main
 from diffdet.errors import InputError
-from diffdet.export.runtime import load_exported
+from diffdet.export.backends import OpenVinoEngine
+from diffdet.export.metadata import read_metadata
+from diffdet.export.runtime import ExportedDetector, load_exported
 from diffdet.modeling.preprocess import postprocess_boxes
 from diffdet.modeling.sampler import draw_noise
 from diffdet.optional import MissingDependencyError
@@ -201,12 +203,14 @@ def test_every_command_of_docs_deploy_parses():
         parser.parse_args(shlex.split(command)[1:])
 
 
-def test_bench_times_an_exported_file_at_its_own_point(onnx_file, tmp_path, capsys):
-    argv = ["bench", "--weights", str(onnx_file), "--device", "cpu", "--warmup", "0", "--iters", "2"]
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_bench_times_an_exported_file_at_its_own_point(onnx_file, tmp_path, capsys, runtime):
+    argv = ["bench", "--weights", str(onnx_file), "--runtime", runtime, "--device", "cpu", "--threads", "1"]
+    argv += ["--warmup", "0", "--iters", "2"]
     assert main([*argv, "--out", str(tmp_path), "--name", "stand_in"]) == 0
     records = json.loads((tmp_path / "stand_in.json").read_text())["records"]
     assert [(r["mode"], r["num_boxes"], r["steps"], r["batch"]) for r in records] == [
-        ("onnxruntime", BOXES, STEPS, BATCH)
+        (runtime, BOXES, STEPS, BATCH)
     ]
     capsys.readouterr()
     assert main([*argv, "--boxes", "7", "--out", str(tmp_path)]) == 2
@@ -235,3 +239,12 @@ def test_a_missing_engine_names_the_package_to_install(onnx_file, monkeypatch, c
     argv = ["detect", str(onnx_file), "--weights", str(onnx_file), "--runtime", runtime, "--no-progress"]
     assert main(argv) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_openvino_bf16_engine_runs_the_graph(onnx_file):
+    engine = OpenVinoEngine(onnx_file, threads=1, precision="bf16")
+    model = ExportedDetector(engine, read_metadata(onnx_file), onnx_file, "openvino-bf16")
+    images = images_of([(HEIGHT, WIDTH)])
+    got, want = model(images, seed=0)[0], expected(images, 0)[0]
+    assert torch.equal(got["labels"], want["labels"])  # labels come from the noise's sign, exact in bf16
+    torch.testing.assert_close(got["boxes"], want["boxes"], atol=0.5, rtol=0.02)

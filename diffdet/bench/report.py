@@ -61,7 +61,7 @@ def format_table(records: list[dict], device: str, isa: str | None = None) -> st
     baselines = [b for b in BASELINES if any(r["backend"] == b for r in records)]
     low = any("vs_fp32" in r for r in records)
     head = (
-        f"{'boxes':>6} {'steps':>5} {'batch':>5} {'mode':<12}{'backend':<10}{'median ms':>10}{'p90 ms':>10}"
+        f"{'boxes':>6} {'steps':>5} {'batch':>5} {'mode':<14}{'backend':<10}{'median ms':>10}{'p90 ms':>10}"
         f"{'img/s':>9}"
     )
     for b in baselines:
@@ -74,7 +74,7 @@ def format_table(records: list[dict], device: str, isa: str | None = None) -> st
     lines = [title, head, "-" * len(head)]
     for r in records:
         line = (
-            f"{r['num_boxes']:>6} {r['steps']:>5} {r['batch']:>5} {r['mode']:<12}{r['backend']:<10}"
+            f"{r['num_boxes']:>6} {r['steps']:>5} {r['batch']:>5} {r['mode']:<14}{r['backend']:<10}"
             f"{r['median_ms']:>10.2f}{r['p90_ms']:>10.2f}{r['fps']:>9.2f}"
         )
         for b in baselines:

@@ -70,7 +70,9 @@ def runtime_runs(
     Returns:
         ``{runtime: run}``; each run returns (detections, {"total": ms}).
     """
-    from diffdet.export.runtime import load_exported
+    from diffdet.export.backends import OpenVinoEngine
+    from diffdet.export.metadata import read_metadata
+    from diffdet.export.runtime import ExportedDetector, load_exported
 
     size = (int(images[0].shape[1]), int(images[0].shape[2]))
     device = "cpu" if model.device.type == "cpu" else "cuda"
@@ -81,8 +83,13 @@ def runtime_runs(
         path = export_point(
             model, folder, name, size=size, batch=len(images), num_boxes=num_boxes, steps=steps
         )
-        engine = "onnxruntime" if name == "int8" else name
-        detector = load_exported(path, engine, threads=threads, device=device)
+        if name == "openvino-bf16":
+            engine = OpenVinoEngine(path, threads, precision="bf16")
+            detector = ExportedDetector(engine, read_metadata(path), path, name)
+        else:
+            detector = load_exported(
+                path, "onnxruntime" if name == "int8" else name, threads=threads, device=device
+            )
         runs[name] = runtime_run(detector, list(images), seed, clock)
     return runs
 

@@ -13,9 +13,10 @@ BASELINES = ("reference", "published")
 references, or the published computation (torchvision's roi_align per level and batched_nms, references
 elsewhere, the NCHW unfolded backbone, the published Swin attention)."""
 
-RUNTIMES = ("eager", "onnxruntime", "openvino", "int8", "torch")
+RUNTIMES = ("eager", "onnxruntime", "openvino", "openvino-bf16", "int8", "torch")
 """``--runtimes`` names: eager PyTorch (the fp32 mode), the exported graph in ONNX Runtime, in
-OpenVINO, int8 (dynamically quantized) in ONNX Runtime, and the ``.pt2`` graph in PyTorch."""
+OpenVINO (f32; ``openvino-bf16``: OpenVINO's bf16 inference, for AMX / AVX512-BF16 CPUs), int8
+(dynamically quantized) in ONNX Runtime, and the ``.pt2`` graph in PyTorch."""
 
 DEFAULT_BOXES = (100, 300, 500, 1000, 2000)
 DEFAULT_STEPS = (1, 2, 4)

@@ -17,6 +17,9 @@ from typing import TYPE_CHECKING
 
 from diffdet.bench.settings import BASELINES, DEFAULT_BOXES, DEFAULT_STEPS, MODES, RUNTIMES, GridSettings
 from diffdet.cli.options import (
+    RUNTIMES as ENGINES,
+)
+from diffdet.cli.options import (
     USAGE_ERROR,
     image_size,
     load_detector,
@@ -80,6 +83,10 @@ def bench_args(parser: argparse.ArgumentParser) -> None:
         "published: the published computation, see docs/backends.md); '' for none",
     )  # fmt: skip
     parser.add_argument(
+        "--runtime", choices=ENGINES, default=None,
+        help="engine of an exported --weights file (default: onnxruntime for .onnx, torch for .pt2)",
+    )  # fmt: skip
+    parser.add_argument(
         "--runtimes", type=lambda s: [r for r in s.split(",") if r], default=[],
         help=f"also export the model at each point and time it in these runtimes, among "
         f"{','.join(RUNTIMES)} (eager: the fp32 mode; int8: ONNX Runtime on a dynamically quantized file)",
@@ -121,7 +128,11 @@ def prepare_model(args: argparse.Namespace, device: torch.device) -> DiffusionDe
     if args.weights:
         if args.overrides:
             raise InputError("KEY=VALUE overrides apply to --config, not to --weights")
-        return load_detector(args.weights, device, **size)
+        from diffdet.export.runtime import is_exported, load_exported
+
+        if is_exported(args.weights):
+            return load_exported(args.weights, args.runtime, threads=args.threads or None)
+        return load_detector(args.weights, device, args.runtime, **size)
     from diffdet.config import load_config
     from diffdet.modeling.build import build_detector
 

@@ -55,17 +55,19 @@ class OnnxRuntimeEngine:
 
 
 class OpenVinoEngine:
-    """An ``.onnx`` file compiled by OpenVINO for the CPU, in f32 (OpenVINO would pick bf16 on CPUs
-    with AMX or AVX512-BF16, which changes detections).
+    """An ``.onnx`` file compiled by OpenVINO for the CPU, in f32 by default (OpenVINO would pick bf16
+    on CPUs with AMX or AVX512-BF16, which changes detections).
 
     Args:
         path: the ``.onnx`` file.
         threads: inference threads (None: OpenVINO's default).
+        precision: ``"f32"``, or ``"bf16"`` (OpenVINO's bf16 inference on AMX / AVX512-BF16 CPUs; its
+            detections differ from fp32's as eager bf16's do).
     """
 
-    def __init__(self, path: Path, threads: int | None = None) -> None:
+    def __init__(self, path: Path, threads: int | None = None, precision: str = "f32") -> None:
         ov = require("openvino", "openvino", "running an exported .onnx file in OpenVINO")
-        config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         try:
