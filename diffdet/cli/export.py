@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import os
 import tempfile
 from pathlib import Path
 
-from diffdet.cli.options import USAGE_ERROR, image_size, load_detector
+from diffdet.cli.options import image_size, load_detector
 from diffdet.errors import InputError
 
 
@@ -47,30 +47,37 @@ def export_args(parser: argparse.ArgumentParser) -> None:
 
 
 def export_main(args: argparse.Namespace) -> int:
-    """``diffdet export``: returns the exit status (2 with a one-line message on an unusable option)."""
+    """``diffdet export``: returns the exit status (unusable options raise InputError, one line and exit
+    status 2 through :mod:`diffdet.cli.failure`). The file is written beside ``--out`` and renamed
+    over it only when complete (and, with ``--check-data``, accepted), so a failed export leaves an
+    earlier ``--out`` as it was."""
     import torch
 
     from diffdet.export import export
+    from diffdet.export.runtime import is_exported
 
-    try:
-        if args.quantize and (args.dtype != "fp32" or (args.format or Path(args.out).suffix[1:]) != "onnx"):
-            raise InputError(
-                "--quantize int8 writes an .onnx file from fp32 (give --out X.onnx, --dtype fp32)"
-            )
-        if args.check_data and not args.quantize:
-            raise InputError("--check-data checks a --quantize int8 file")
-        model = load_detector(args.weights, torch.device("cpu"))
-        with tempfile.TemporaryDirectory(prefix="diffdet-export-") as scratch:
-            fp32 = Path(scratch) / "fp32.onnx" if args.quantize else Path(args.out)
-            meta = export(
-                model, fp32, format=args.format, size=args.size, num_boxes=args.boxes, steps=args.steps,
-                batch=args.batch, dtype=args.dtype, opset=args.opset, max_detections=args.max_detections,
-            )  # fmt: skip
-            if args.quantize:
-                meta = {**meta, "dtype": "int8", "bytes": quantize_checked(fp32, Path(args.out), args)}
-    except InputError as err:
-        print(f"diffdet export: error: {err}", file=sys.stderr)
-        return USAGE_ERROR
+    out = Path(args.out)
+    if args.quantize and (args.dtype != "fp32" or (args.format or out.suffix[1:]) != "onnx"):
+        raise InputError("--quantize int8 writes an .onnx file from fp32 (give --out X.onnx, --dtype fp32)")
+    if args.check_data and not args.quantize:
+        raise InputError("--check-data checks a --quantize int8 file")
+    if is_exported(args.weights):
+        raise InputError(f"--weights {args.weights}: is an exported file already; export the checkpoint")
+    if out.is_dir():
+        raise InputError(f"--out {out}: is a folder, not a file")
+    if not out.parent.is_dir():
+        raise InputError(f"--out {out}: the folder {out.parent} does not exist")
+    model = load_detector(args.weights, torch.device("cpu"))
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as scratch:
+        written = Path(scratch) / f"export{out.suffix}"
+        fp32 = Path(scratch) / "fp32.onnx" if args.quantize else written
+        meta = export(
+            model, fp32, format=args.format, size=args.size, num_boxes=args.boxes, steps=args.steps,
+            batch=args.batch, dtype=args.dtype, opset=args.opset, max_detections=args.max_detections,
+        )  # fmt: skip
+        if args.quantize:
+            meta = {**meta, "dtype": "int8", "bytes": quantize_checked(fp32, written, args)}
+        os.replace(written, out)
     print(
         f"wrote {args.out}: {meta['format']}, {meta['batch']} x {meta['height']}x{meta['width']} uint8, "
         f"{meta['num_boxes']} boxes x {meta['steps']} step(s), {meta['dtype']}, "
@@ -85,7 +92,7 @@ def quantize_checked(fp32: Path, out: Path, args: argparse.Namespace) -> int:
     0.01. Returns the int8 file's size in bytes.
 
     Raises:
-        InputError: the int8 file loses too much AP50 (it is deleted), or the check data is unusable.
+        InputError: the int8 file loses too much AP50, or the check data is unusable.
     """
     from diffdet.export.quantize import check_int8, quantize_int8
 
@@ -101,9 +108,5 @@ def quantize_checked(fp32: Path, out: Path, args: argparse.Namespace) -> int:
             for f in (fp32, out)
         ]
         print(f"AP50 on {args.check_data}: fp32 {ap50[0]:.4f}, int8 {ap50[1]:.4f}")
-        try:
-            check_int8(ap50[0], ap50[1], out)
-        except InputError:
-            out.unlink()
-            raise
+        check_int8(ap50[0], ap50[1], Path(args.out))  # a refused file is never renamed to --out
     return out.stat().st_size

@@ -53,3 +53,17 @@ def test_a_bad_option_is_one_line_and_exit_2(weights, tmp_path, capsys, options,
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("diffdet export: error: ") and message in err
+
+
+def test_a_failed_export_leaves_an_earlier_file_and_no_scratch(weights, tmp_path, capsys):
+    earlier = tmp_path / "x.onnx"
+    earlier.write_bytes(b"an earlier export")
+    assert main(["export", "--weights", str(weights), "--out", str(earlier), "--opset", "11"]) == 2
+    assert earlier.read_bytes() == b"an earlier export"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.onnx"]  # the weights live in another folder
+
+
+def test_an_exported_file_is_not_exported_again(weights, tmp_path, capsys):
+    (tmp_path / "y.onnx").write_bytes(b"")
+    assert main(["export", "--weights", str(tmp_path / "y.onnx"), "--out", str(tmp_path / "z.onnx")]) == 2
+    assert "is an exported file already" in capsys.readouterr().err

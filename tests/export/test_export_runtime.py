@@ -5,7 +5,7 @@ The stand-in follows the export file contract (inputs ``images`` uint8 [N, 3, H,
 metadata) with arithmetic simple enough to recompute here, so the runtime's own work is checked in
 every engine: noise drawn as the PyTorch model draws it, resizing, boxes mapped back, chunking and
 padding of batches, knob checks and damaged files. Detections of a real exported detector against the
-PyTorch model are checked in tests/test_export_same_detections.py.
+PyTorch model are checked in tests/export/test_export_same_detections.py.
 """
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ def test_damaged_or_foreign_files_are_refused_naming_the_file(onnx_file, tmp_pat
 
 
 def test_every_command_of_docs_deploy_parses():
-    text = (Path(__file__).resolve().parents[1] / "docs" / "deploy.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "docs" / "deploy.md").read_text()
     blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
     commands = [
         line.strip() for block in blocks for line in block.splitlines() if line.startswith("diffdet ")
