@@ -1,7 +1,8 @@
 """Writing results without ever leaving a torn file or a mixed folder.
 
-- :func:`write_text_atomic`: a results file (JSON, odgt lines) goes to a temporary file beside it and
-  is renamed over the target, so a crash leaves the old file or the new one.
+- :func:`write_atomic` / :func:`write_text_atomic`: a checkpoint or a results file (JSON, odgt lines)
+  goes to a temporary file beside it and is renamed over the target, so a crash leaves the old file or
+  the new one.
 - :func:`staged_output_dir`: a command's output folder is built in a temporary folder beside it and
   swapped in at the end, so a failed run leaves the earlier run's complete output (or nothing), never
   a mix of both. A non-empty folder is replaced only with ``overwrite``.
@@ -13,18 +14,20 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from diffdet.errors import InputError
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically: temporary file in the same folder, fsync, rename.
+def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
+    """Write a file atomically: ``write(f)`` fills a temporary file in the same folder, which is
+    fsynced and renamed over ``path``, so a crash leaves the old file or the new one, never a torn one.
 
     Args:
         path: the destination; parent folders are created.
-        text: the whole content.
+        write: writes the whole content into the binary file it is given.
 
     Returns:
         ``path`` as a Path.
@@ -33,15 +36,33 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
     return path
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Persist the rename itself (POSIX); a no-op where directories cannot be opened (Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`write_atomic`)."""
+    return write_atomic(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def check_output_dir(out: Path, overwrite: bool, source: Path, flag: str = "--out") -> None:

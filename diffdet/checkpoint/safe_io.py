@@ -17,7 +17,6 @@ import codecs
 import io
 import os
 import pickle
-import tempfile
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 
 from diffdet.errors import BadWeightsError, MissingFileError, cut
+from diffdet.outputs import write_atomic
 
 try:  # numpy >= 2
     from numpy._core import multiarray as _multiarray
@@ -226,29 +226,4 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     Returns:
         ``path`` as a Path.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Persist the rename itself (POSIX); a no-op where directories cannot be opened (Windows)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    return write_atomic(path, lambda f: torch.save(obj, f))
