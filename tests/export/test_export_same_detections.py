@@ -24,7 +24,6 @@ from diffdet.modeling.config import ModelConfig
 
 pytest.importorskip("pycocotools", reason="pycocotools is not installed (COCO reading and AP)")
 pytest.importorskip("onnxscript", reason="onnxscript is not installed (ONNX export)")
-pytest.importorskip("diffdet.export.exporter", reason="diffdet.export (the exporter) is not in this tree")
 
 SIZE = 64
 BOXES, STEPS = 20, 2
