@@ -101,9 +101,20 @@ def torch_run(setup) -> tuple[list[dict], dict]:
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
-def test_exported_file_gives_the_pytorch_models_detections_and_ap(setup, torch_run, runtime):
+def test_exported_file_gives_the_pytorch_models_detections_and_ap(setup, torch_run, runtime, monkeypatch):
+    import diffdet.export.runtime as exported_runtime
+
+    opened = []
+    real_open = exported_runtime.open_engine
+
+    def spy(path, name, *rest):
+        opened.append(name)
+        return real_open(path, name, *rest)
+
+    monkeypatch.setattr(exported_runtime, "open_engine", spy)
     torch_dets, torch_metrics = torch_run
     dets, metrics = evaluate(setup, setup["onnx"], runtime, "--runtime", runtime)
+    assert opened == [runtime]  # --runtime reached the engine
     assert sum(r["score"] >= MIN_SCORE for r in torch_dets) >= 10  # the comparison below is not empty
     assert unmatched(torch_dets, dets) == []
     for name, value in torch_metrics.items():
