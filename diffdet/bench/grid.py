@@ -220,9 +220,8 @@ def published_comparison(records: list[dict]) -> dict:
     return {"published": PUBLISHED, "ours": max(ours, key=lambda r: r["fps"]) if ours else None}
 
 
-def run_exported(detector: ExportedDetector, settings: GridSettings) -> list[dict]:
-    """Time an exported file (``diffdet bench --weights X.onnx``) at the one point it was exported for:
-    its boxes, steps, batch and size; no baselines (there is no PyTorch model to run them).
+def check_exported_point(detector: ExportedDetector, settings: GridSettings) -> tuple[int, int]:
+    """The exported file's (boxes, steps), the only grid point it can run.
 
     Raises:
         ValueError: the grid asks for other boxes or steps than the file's.
@@ -232,6 +231,17 @@ def run_exported(detector: ExportedDetector, settings: GridSettings) -> list[dic
         raise ValueError(
             f"--boxes/--steps: {detector.path.name} runs {point[0]} boxes x {point[1]} step(s) only"
         )
+    return point
+
+
+def run_exported(detector: ExportedDetector, settings: GridSettings) -> list[dict]:
+    """Time an exported file (``diffdet bench --weights X.onnx``) at the one point it was exported for:
+    its boxes, steps, batch and size; no baselines (there is no PyTorch model to run them).
+
+    Raises:
+        ValueError: the grid asks for other boxes or steps than the file's.
+    """
+    point = check_exported_point(detector, settings)
     clock = Clock(torch.device("cpu"))
     images = synthetic_images(detector.batch, detector.size, settings.seed, torch.device("cpu"))
     run = runtime_run(detector, images, settings.seed, clock)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +19,6 @@ from diffdet.cli.options import (
     RUNTIMES as ENGINES,
 )
 from diffdet.cli.options import (
-    USAGE_ERROR,
     image_size,
     load_detector,
     non_negative_int,
@@ -164,12 +162,12 @@ def box_ap(model: DiffusionDet, args: argparse.Namespace) -> Callable[[Diffusion
 
 
 def bench_main(args: argparse.Namespace) -> int:
-    """``diffdet bench``: returns the exit status (2 with a message on unusable arguments)."""
+    """``diffdet bench``: returns the exit status (unusable arguments raise InputError: one line, exit 2)."""
     import torch
     from tqdm import tqdm
 
-    from diffdet.bench.grid import run_exported, run_grid
-    from diffdet.bench.pipeline import mode_dtype
+    from diffdet.bench.grid import check_exported_point, run_exported, run_grid
+    from diffdet.bench.pipeline import check_modes, mode_dtype
     from diffdet.bench.report import (
         device_name,
         format_table,
@@ -178,29 +176,30 @@ def bench_main(args: argparse.Namespace) -> int:
         plot_fps,
         write_json,
     )
+    from diffdet.bench.runtimes import check_runtimes
     from diffdet.export.runtime import is_exported
     from diffdet.hardware import cpu_isa
 
-    try:
-        if Path(args.out).exists() and not Path(args.out).is_dir():  # found now, not after the measurements
-            raise InputError(f"--out {args.out}: is a file, not a folder")
-        device = pick_device(args.device)
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        if args.data and not args.weights:
-            raise InputError("--data needs --weights (AP of random weights means nothing)")
-        model = prepare_model(args, device)
-        exported = is_exported(args.weights or "")
-        if exported and args.boxes == list(DEFAULT_BOXES) and args.steps == list(DEFAULT_STEPS):
-            args.boxes, args.steps = [model.num_boxes], [model.steps]  # the file's point
-        if args.dtype and args.modes:
-            raise InputError("give --dtype or --modes, not both")
-        default = ["fp32", "bf16", "graph"] if device.type == "cuda" else ["fp32", "bf16"]
-        modes = [args.dtype] if args.dtype else args.modes or (["fp32"] if args.runtimes else default)
-        if "eager" in args.runtimes and "fp32" not in modes:
-            modes.append("fp32")
-        if any(m in MODES and mode_dtype(m) == torch.bfloat16 for m in modes):
-            warn_if_bf16_is_emulated(device, torch.bfloat16)
+    if Path(args.out).exists() and not Path(args.out).is_dir():  # found now, not after the measurements
+        raise InputError(f"--out {args.out}: is a file, not a folder")
+    device = pick_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.data and not args.weights:
+        raise InputError("--data needs --weights (AP of random weights means nothing)")
+    model = prepare_model(args, device)
+    exported = is_exported(args.weights or "")
+    if exported and args.boxes == list(DEFAULT_BOXES) and args.steps == list(DEFAULT_STEPS):
+        args.boxes, args.steps = [model.num_boxes], [model.steps]  # the file's point
+    if args.dtype and args.modes:
+        raise InputError("give --dtype or --modes, not both")
+    default = ["fp32", "bf16", "graph"] if device.type == "cuda" else ["fp32", "bf16"]
+    modes = [args.dtype] if args.dtype else args.modes or (["fp32"] if args.runtimes else default)
+    if "eager" in args.runtimes and "fp32" not in modes:
+        modes.append("fp32")
+    if any(m in MODES and mode_dtype(m) == torch.bfloat16 for m in modes):
+        warn_if_bf16_is_emulated(device, torch.bfloat16)
+    try:  # the settings' own checks, before anything is measured
         grids = [
             GridSettings(
                 boxes=args.boxes,
@@ -216,20 +215,23 @@ def bench_main(args: argparse.Namespace) -> int:
             )
             for batch in args.batch or [1]
         ]
-        if args.data:
-            grids[0].ap_fn = box_ap(model, args)
-        slug = re.sub(r"[^A-Za-z0-9]+", "-", device_name(device)).strip("-")
-        name = args.name or f"e2e-{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
-        calls = sum(len(g.boxes) * len(g.steps) * (1 + len(modes) * (g.ap_fn is not None)) for g in grids)
-        records = []
-        with tqdm(total=calls, desc="bench", unit="step") as bar:
-            progress = _advance(bar)
-            for settings in grids:
-                records += run_exported(model, settings) if exported else run_grid(model, settings, progress)
-            bar.update(1)  # the last step
-    except (InputError, ValueError) as err:
-        print(f"diffdet bench: error: {err}", file=sys.stderr)
-        return USAGE_ERROR
+        check_modes(modes, device)
+        check_runtimes(args.runtimes)
+        if exported:
+            check_exported_point(model, grids[0])
+    except ValueError as err:
+        raise InputError(str(err)) from err
+    if args.data:
+        grids[0].ap_fn = box_ap(model, args)
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", device_name(device)).strip("-")
+    name = args.name or f"e2e-{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
+    calls = sum(len(g.boxes) * len(g.steps) * (1 + len(modes) * (g.ap_fn is not None)) for g in grids)
+    records = []
+    with tqdm(total=calls, desc="bench", unit="step") as bar:
+        progress = _advance(bar)
+        for settings in grids:
+            records += run_exported(model, settings) if exported else run_grid(model, settings, progress)
+        bar.update(1)  # the last step
     out = Path(args.out)
     dev = device_name(device)
     meta = {
