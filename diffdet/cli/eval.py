@@ -199,7 +199,7 @@ def eval_main(args: argparse.Namespace) -> int:
             _require_lvis()
         launch_from_env()  # under srun: torchrun's variables from SLURM's
         device = local_device(pick_device(args.device))
-        model = load_detector(args.weights, device, args.runtime, dtype=dtype(args.dtype))
+        model = load_detector(args.weights, device, runtime=args.runtime, dtype=dtype(args.dtype))
         dataset.check_resizable(model.cfg.min_size_test, model.cfg.max_size_test)
         label = class_label(model, args.class_name) if crowdhuman else 0
         if not crowdhuman:
