@@ -105,6 +105,15 @@ def resolve_device(name: str) -> torch.device:
         raise RuntimeError("train.device=cuda but no CUDA device is available")
     if not use_cuda:
         return torch.device("cpu")
+    return local_gpu()
+
+
+def local_gpu() -> torch.device:
+    """This process's GPU: cuda:LOCAL_RANK, or cuda:0 when the launcher shows each process one GPU.
+
+    Raises:
+        DistributedError: LOCAL_RANK is beyond the GPUs this machine shows.
+    """
     local_rank, visible = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
     if visible == 1:
         return torch.device("cuda", 0)
@@ -181,10 +190,9 @@ def peer_failures_as_errors(timeout_s: float) -> Iterator[None]:
 
 
 def local_device(device: torch.device) -> torch.device:
-    """``device``, with a CUDA device without index made this process's GPU: cuda:LOCAL_RANK under
-    torchrun (cuda:0 otherwise)."""
+    """``device``, with a CUDA device without index made this process's GPU (:func:`local_gpu`)."""
     if device.type == "cuda" and device.index is None:
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return local_gpu()
     return device
 
 
