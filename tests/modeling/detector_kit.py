@@ -7,6 +7,7 @@ import copy
 import torch
 
 from diffdet.modeling import CudaGraphSampler, ModelConfig, build_detector
+from diffdet.modeling.backbone import FrozenBatchNorm2d
 from diffdet.modeling.detector import DiffusionDet
 
 
@@ -24,6 +25,22 @@ def tame_detector(cfg: ModelConfig) -> DiffusionDet:
         model.head.head_series[-1].class_logits.bias.fill_(-1.0)
         for stage in model.head.head_series:
             stage.bboxes_delta.weight.mul_(0.01)
+    return model
+
+
+def with_frozen_bn_statistics(model: DiffusionDet) -> DiffusionDet:
+    """A copy of ``model`` whose FrozenBNs are not the identity (a fresh model's are), so folding them
+    into their convolutions matters."""
+    model = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, FrozenBatchNorm2d):
+                c = m.num_features
+                m.weight.copy_(0.5 + torch.rand(c, generator=gen))
+                m.bias.copy_(0.1 * torch.randn(c, generator=gen))
+                m.running_mean.copy_(0.1 * torch.randn(c, generator=gen))
+                m.running_var.copy_(0.5 + torch.rand(c, generator=gen))
     return model
 
 

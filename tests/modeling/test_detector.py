@@ -12,10 +12,10 @@ from detector_kit import (
     assert_same_detections,
     random_images,
     tame_detector,
+    with_frozen_bn_statistics,
 )
 
 from diffdet.modeling import CudaGraphSampler, ModelConfig, build_detector
-from diffdet.modeling.backbone import FrozenBatchNorm2d
 from diffdet.modeling.box_ops import box_iou
 from diffdet.modeling.diffusion import SCHEDULE_BUFFERS
 from diffdet.modeling.sampler import draw_noise
@@ -182,20 +182,6 @@ def test_low_precision_matches_fp32_on_high_score_detections(model, dtype):
         assert same_class.numel() and float(box_iou(box[None], same_class).max()) > 0.9
 
 
-def _with_frozen_bn_statistics(model):
-    """A copy whose FrozenBNs are not the identity (a fresh model's are), so folding them matters."""
-    model = copy.deepcopy(model)
-    gen = torch.Generator().manual_seed(7)
-    for m in model.modules():
-        if isinstance(m, FrozenBatchNorm2d):
-            c = m.num_features
-            m.weight.copy_(0.5 + torch.rand(c, generator=gen))
-            m.bias.copy_(0.1 * torch.randn(c, generator=gen))
-            m.running_mean.copy_(0.1 * torch.randn(c, generator=gen))
-            m.running_var.copy_(0.5 + torch.rand(c, generator=gen))
-    return model
-
-
 @torch.no_grad()
 def test_bf16_model_pools_bf16_maps_and_keeps_boxes_sampler_and_nms_in_fp32(model, monkeypatch):
     """``model.to(torch.bfloat16)``: the pyramid and the head's logits are bf16, the boxes the sampler
@@ -231,7 +217,7 @@ def test_bf16_model_pools_bf16_maps_and_keeps_boxes_sampler_and_nms_in_fp32(mode
 def test_inference_fusion_gives_the_same_detections_as_the_published_ops(model):
     """Folded FrozenBN + channels-last backbone + oneDNN post-ops (the default) against the unfolded
     NCHW backbone the published code runs: same maps within float32 rounding, same detections."""
-    fused = _with_frozen_bn_statistics(model)
+    fused = with_frozen_bn_statistics(model)
     plain = copy.deepcopy(fused).fuse_for_inference(False)
     images = random_images(2)
     batch = fused.preprocess(images, resize=True)
@@ -245,7 +231,7 @@ def test_inference_fusion_gives_the_same_detections_as_the_published_ops(model):
 
 def test_training_runs_the_unfolded_reference_ops(model):
     """With autograd on, each backbone conv is conv -> FrozenBN (-> add -> ReLU) bit for bit."""
-    fused = _with_frozen_bn_statistics(model)
+    fused = with_frozen_bn_statistics(model)
     conv = fused.backbone.bottom_up.res2[0].conv1
     x = torch.randn(1, conv.in_channels, 8, 12, requires_grad=True)
     with torch.no_grad():
@@ -258,7 +244,7 @@ def test_training_runs_the_unfolded_reference_ops(model):
 
 @torch.no_grad()
 def test_folded_weights_follow_in_place_updates_and_load_state_dict(model):
-    fused = _with_frozen_bn_statistics(model)
+    fused = with_frozen_bn_statistics(model)
     conv = fused.backbone.bottom_up.stem.conv1
     x = torch.randn(1, 3, 16, 16)
     fused.fuse_for_inference()  # folds now
@@ -278,7 +264,7 @@ def test_folded_weights_follow_in_place_updates_and_load_state_dict(model):
 def test_fused_model_state_dict_keeps_the_reference_layout_and_round_trips(model, tmp_path):
     """A model ready to detect (fusions warm) saves the reference layout, and its state_dict loads
     strictly into a fresh unfused model, tensor for tensor, with the same detections."""
-    fused = _with_frozen_bn_statistics(model).fuse_for_inference()
+    fused = with_frozen_bn_statistics(model).fuse_for_inference()
     fused(random_images(1), steps=1, seed=0)
     state = fused.state_dict()
     fresh = build_detector(ModelConfig(**TINY))

@@ -13,13 +13,12 @@ import published_swin
 import pytest
 import torch
 import torch.nn.functional as F
-from detector_kit import random_images, tame_detector
+from detector_kit import random_images, tame_detector, with_frozen_bn_statistics
 from published_head import DynamicHead as PublishedHead
 from torch import nn
 
 import diffdet
 from diffdet.modeling import ModelConfig
-from diffdet.modeling.backbone import FrozenBatchNorm2d
 from diffdet.modeling.backbone.swin import SwinTransformer, WindowAttention
 from diffdet.modeling.backbone.swin_windows import shift_mask
 from diffdet.ops._backend import forced_backend, published_mode, set_backend
@@ -183,16 +182,7 @@ def published_resnet_fpn(backbone: nn.Module, x: torch.Tensor) -> list[torch.Ten
 def r50(one_thread):
     """A tame random R50-FPN detector with FrozenBNs away from the identity (so folding them would show),
     its inference fusions on (the default)."""
-    model = tame_detector(ModelConfig(**R50_TINY))
-    gen = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, FrozenBatchNorm2d):
-                c = m.num_features
-                m.weight.copy_(0.5 + torch.rand(c, generator=gen))
-                m.bias.copy_(0.1 * torch.randn(c, generator=gen))
-                m.running_mean.copy_(0.1 * torch.randn(c, generator=gen))
-                m.running_var.copy_(0.5 + torch.rand(c, generator=gen))
+    model = with_frozen_bn_statistics(tame_detector(ModelConfig(**R50_TINY)))
     assert model.inference_fusion
     return model
 
