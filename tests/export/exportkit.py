@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import warnings
+
 import torch
 
 from diffdet.modeling import ModelConfig, build_detector
@@ -70,3 +73,20 @@ def run_onnx(path, x: torch.Tensor, z: torch.Tensor) -> list:
     assert [i.name for i in session.get_inputs()] == ["images", "noise"]
     assert [o.name for o in session.get_outputs()] == ["boxes", "scores", "labels", "num_detections"]
     return session.run(None, {"images": x.numpy(), "noise": z.numpy()})
+
+
+def write_stand_in_onnx(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], path, metadata: dict):
+    """``module`` exported (TorchScript exporter) as an ONNX file with the exported detector's input and
+    output names and ``metadata`` as its ``diffdet`` metadata: a stand-in for an exported detector."""
+    import onnx  # only where the export tests run (their files skip without it)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, inputs, str(path), input_names=["images", "noise"],
+            output_names=["boxes", "scores", "labels", "num_detections"], dynamo=False,
+        )  # fmt: skip
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, {"diffdet": json.dumps(metadata)})
+    onnx.save(model, str(path))
+    return path

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import warnings
-
 import onnx
 import pytest
 import torch
+from exportkit import write_stand_in_onnx
 from torch import nn
 
 from diffdet.errors import InputError
@@ -44,16 +42,7 @@ class TwoProducts(nn.Module):
 def fp32_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("int8") / "fp32.onnx"
     inputs = (torch.zeros(1, 3, 8, 8, dtype=torch.uint8), torch.zeros(1, 1, 6, 4))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            TwoProducts(), inputs, str(path), input_names=["images", "noise"],
-            output_names=["boxes", "scores", "labels", "num_detections"], dynamo=False,
-        )  # fmt: skip
-    model = onnx.load(str(path))
-    onnx.helper.set_model_props(model, {"diffdet": json.dumps(METADATA)})
-    onnx.save(model, str(path))
-    return path
+    return write_stand_in_onnx(TwoProducts(), inputs, path, METADATA)
 
 
 def test_only_the_large_product_is_quantized_and_the_metadata_kept(fp32_file, tmp_path):

@@ -14,12 +14,12 @@ import json
 import re
 import shlex
 import sys
-import warnings
 from pathlib import Path
 
 import onnx
 import pytest
 import torch
+from exportkit import write_stand_in_onnx
 from PIL import Image
 from torch import nn
 
@@ -65,16 +65,7 @@ def example_inputs() -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.fixture(scope="module")
 def onnx_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("stand_in") / "stand_in.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            StandIn(), example_inputs(), str(path), input_names=["images", "noise"],
-            output_names=["boxes", "scores", "labels", "num_detections"], dynamo=False,
-        )  # fmt: skip
-    model = onnx.load(str(path))
-    onnx.helper.set_model_props(model, {"diffdet": json.dumps(METADATA)})
-    onnx.save(model, str(path))
-    return path
+    return write_stand_in_onnx(StandIn(), example_inputs(), path, METADATA)
 
 
 @pytest.fixture(scope="module")
