@@ -61,3 +61,23 @@ def coco128_odgt(tmp_path_factory) -> dict[str, Path]:
     odgt = root / "annotation_val.odgt"
     odgt.write_text("\n".join(lines) + "\n")
     return {"odgt": odgt, "images": root / "Images", "ids": [Path(files[i]).stem for i in chosen]}
+
+
+@pytest.fixture(scope="session")
+def still_detector():
+    """Builds a seeded random detector (from a ``ModelConfig``) in eval mode whose boxes stay where the
+    sampler put them (box deltas zero: inside the image, never a sliver) and whose scores sit around 0.5
+    (the last stage's class bias zero): detections for the tests of what happens around the model."""
+    from diffdet.modeling import build_detector
+
+    def build(cfg):
+        torch.manual_seed(0)
+        model = build_detector(cfg).eval()
+        with torch.no_grad():
+            model.head.head_series[-1].class_logits.bias.fill_(0.0)
+            for stage in model.head.head_series:
+                stage.bboxes_delta.weight.zero_()
+                stage.bboxes_delta.bias.zero_()
+        return model
+
+    return build

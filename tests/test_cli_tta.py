@@ -12,12 +12,10 @@ import shlex
 from pathlib import Path
 
 import pytest
-import torch
 
 from diffdet.checkpoint import save_checkpoint
 from diffdet.cli import build_parser, main
 from diffdet.data.synthetic import CLASSES, SyntheticSpec, generate
-from diffdet.modeling.build import build_detector
 from diffdet.modeling.config import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,16 +28,9 @@ SMALL_TTA = ("--tta", "--tta-sizes", "32,48", "--tta-max-size", "96", "--steps",
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
+def weights(tmp_path_factory, still_detector) -> Path:
     cfg = ModelConfig(**TINY)
-    model = build_detector(cfg)
-    with torch.no_grad():  # scores around 0.5, and each box its random start (in the image), not a sliver
-        model.head.head_series[-1].class_logits.bias.fill_(0.0)
-        for stage in model.head.head_series:
-            stage.bboxes_delta.weight.zero_()
-            stage.bboxes_delta.bias.zero_()
-    return save_checkpoint(tmp_path_factory.mktemp("weights") / "tiny.pth", model, cfg)
+    return save_checkpoint(tmp_path_factory.mktemp("weights") / "tiny.pth", still_detector(cfg), cfg)
 
 
 @pytest.fixture(scope="module")
