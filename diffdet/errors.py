@@ -47,3 +47,8 @@ def cut(text: str, limit: int = SHOWN_CHARS) -> str:
 def shown(value: object, limit: int = SHOWN_CHARS) -> str:
     """``repr(value)`` cut to ``limit`` characters (:func:`cut`): a user's value quoted in a message."""
     return cut(repr(value), limit)
+
+
+class DistributedError(RuntimeError):
+    """The process group did not form, or a peer died or did not answer within the timeout (not the
+    user's input: the command line prints it as one line with exit status 1)."""

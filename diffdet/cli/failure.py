@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
-from diffdet.errors import InputError, cut
+from diffdet.errors import DistributedError, InputError, cut
 from diffdet.optional import MissingDependencyError
 
 USAGE_ERROR = 2
@@ -66,8 +66,6 @@ def run_command(prog: str, command: Callable[[], int]) -> int:
     Returns:
         int: the command's exit status, :data:`USAGE_ERROR` or :data:`PEER_FAILURE`.
     """
-    from diffdet.engine.distributed import DistributedError
-
     try:
         return command()
     except (InputError, MissingDependencyError) as err:

@@ -21,12 +21,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from diffdet.errors import DistributedError
+
 # Backend errors on a dead or silent peer are plain RuntimeErrors whose text names the backend.
 _BACKEND_MARKERS = ("gloo", "nccl", "processgroup", "connection closed by peer", "connection reset by peer")
-
-
-class DistributedError(RuntimeError):
-    """The process group did not form, or a peer died or did not answer within the timeout."""
 
 
 def is_distributed() -> bool:
