@@ -126,11 +126,7 @@ def prepare_model(args: argparse.Namespace, device: torch.device) -> DiffusionDe
     if args.weights:
         if args.overrides:
             raise InputError("KEY=VALUE overrides apply to --config, not to --weights")
-        from diffdet.export.runtime import is_exported, load_exported
-
-        if is_exported(args.weights):
-            return load_exported(args.weights, args.runtime, threads=args.threads or None)
-        return load_detector(args.weights, device, args.runtime, **size)
+        return load_detector(args.weights, device, args.runtime, threads=args.threads or None, **size)
     from diffdet.config import load_config
     from diffdet.modeling.build import build_detector
 

@@ -97,17 +97,21 @@ def pick_device(name: str) -> torch.device:
 
 
 def load_detector(
-    weights: str, device: torch.device, runtime: str | None = None, **overrides: object
+    weights: str,
+    device: torch.device,
+    runtime: str | None = None,
+    threads: int | None = None,
+    **overrides: object,
 ) -> nn.Module:
     """``diffdet.load(weights)`` on ``device`` in eval mode, with load errors turned into InputError
     (and bf16 on a CPU without bf16 arithmetic announced in one stderr line, see :mod:`diffdet.hardware`);
-    an exported file (``.onnx``, ``.pt2``) loads in ``runtime`` (default: by suffix) instead, see
-    :func:`diffdet.export.runtime.load_exported`."""
+    an exported file (``.onnx``, ``.pt2``) loads in ``runtime`` (default: by suffix) with ``threads``
+    engine threads (None: the engine's default) instead, see :func:`diffdet.export.runtime.load_exported`."""
     from diffdet.checkpoint import load
     from diffdet.export.runtime import is_exported, load_exported
 
     if is_exported(weights):
-        model = load_exported(weights, runtime, device="cpu" if device.type == "cpu" else "cuda")
+        model = load_exported(weights, runtime, threads, device="cpu" if device.type == "cpu" else "cuda")
         wanted = overrides.pop("dtype", None)
         exported = str(model.metadata.get("dtype", "fp32"))
         if wanted is not None and str(wanted).removeprefix("torch.") not in (exported, DTYPES.get(exported)):
